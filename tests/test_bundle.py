@@ -1,0 +1,262 @@
+"""The bundle as users run it: ConfigWorkflow / ``python -m monai.bundle`` on tiny synthetic studies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from conftest import CONFIGS, REPO
+
+TRAIN = str(CONFIGS / "train.json")
+EVALUATE = str(CONFIGS / "evaluate.json")
+INFERENCE = str(CONFIGS / "inference.json")
+REGIONS = str(CONFIGS / "regions.json")
+MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+
+# What keeps a CPU test short: the tiny variant, 32^3 crops, no worker processes.
+FAST = {
+    "network_def#_target_": "refineformer3d.networks.create_model",
+    "network_def#name": "refineformer3d_tiny",
+    "roi_size": [32, 32, 32],
+    "num_samples": 1,
+    "num_workers": 0,
+    "sw_batch_size": 4,
+    "warmup_epochs": 1,
+    "device": "cpu",
+}
+
+
+def _workflow(config_file, bundle_root, dataset_dir, workflow_type="train", **override):
+    wf = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        **{**FAST, **override},
+    )
+    wf.initialize()
+    return wf
+
+
+def _train(bundle_root, dataset_dir, epochs=1, config_file=TRAIN, **override):
+    wf = _workflow(config_file, bundle_root, dataset_dir, epochs=epochs, **override)
+    assert wf.check_properties() == []
+    wf.run()
+    metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
+    wf.finalize()
+    return wf, metrics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_brats):
+    """One 2-epoch training run shared by the evaluation, inference and checkpoint tests."""
+    root = tmp_path_factory.mktemp("bundle")
+    wf, metrics = _train(root, tiny_brats, epochs=2)
+    return root, metrics
+
+
+def test_metadata_has_required_keys_and_installed_versions():
+    meta = json.loads(Path(META).read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "required_packages_version", "task", "description", "authors", "copyright",
+                "intended_use", "data_source", "references", "network_data_format"):
+        assert key in meta, key
+    import monai
+
+    assert meta["monai_version"] == monai.__version__
+    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+    assert meta["numpy_version"] == np.__version__
+    assert meta["version"] in meta["changelog"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert image["num_channels"] == 4
+    from refineformer3d.networks import RefineFormer3D
+
+    divisor = RefineFormer3D(in_channels=4, out_channels=3).spatial_divisor
+    assert image["spatial_shape"] == [f"{divisor}*n"] * 3
+    # 3D Slicer names segments by these keys: they must be the label values inference writes.
+    assert sorted(int(k) for k in pred["channel_def"]) == [0, 1, 2]
+    assert any("SegFormer3D" in r for r in meta["references"])
+    assert any("RefineFormer3D" in r for r in meta["references"])
+
+
+def test_training_writes_best_model_and_resume_checkpoint(trained):
+    root, metrics = trained
+    assert math.isfinite(metrics["val_mean_dice"])
+    for name in ("val_dice_tc", "val_dice_edema", "val_dice_wt", "val_mean_iou", "val_hd95"):
+        assert name in metrics
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    from refineformer3d.networks import create_model
+
+    create_model("refineformer3d_tiny", in_channels=4, out_channels=3).load_state_dict(state)
+    full = torch.load(root / "models" / "checkpoint_epoch=2.pt", weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(full)
+    assert full["trainer"]["iteration"] == 2 * full["trainer"]["epoch_length"]
+
+
+def test_resume_continues_from_saved_epoch(tmp_path, tiny_brats):
+    _train(tmp_path, tiny_brats, epochs=1)
+    wf = _workflow(TRAIN, tmp_path, tiny_brats, epochs=2, resume=True)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    epochs_run = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_run.append(e.state.epoch))
+    wf.run()
+    wf.finalize()
+    assert epochs_run == [2], "a resumed run must start after the saved epoch, not from scratch"
+
+
+def test_evaluate_writes_per_case_and_summary_csv(trained, tiny_brats):
+    root, _ = trained
+    wf = _workflow([TRAIN, EVALUATE], root, tiny_brats)
+    wf.run()
+    wf.finalize()
+    out = root / "eval"
+    with open(out / "val_mean_dice_raw.csv") as f:
+        rows = list(csv.reader(f, delimiter=","))
+    assert len(rows) >= 2  # a header and at least one case
+    assert (out / "val_mean_dice_summary.csv").exists()
+    assert (out / "metrics.csv").read_text().strip()
+
+
+def _lps_2mm_studies(tiny_brats: Path, out: Path) -> list[Path]:
+    """Rewrite two unlabelled studies in LPS orientation with 1x1x2 mm voxels: one as four files, one 4-D."""
+    cases = sorted(p for p in (tiny_brats / "Brats17ValidationData").iterdir() if p.is_dir())[:2]
+    written = []
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+    affine[:3, 3] = [40.0, 50.0, -30.0]
+    for i, case in enumerate(cases):
+        vols = [np.asanyarray(nib.load(case / f"{case.name}_{m}.nii.gz").dataobj)[:, :, ::2]
+                for m in ("flair", "t1", "t1ce", "t2")]
+        if i == 0:
+            folder = out / "Brats17ValidationData" / case.name
+            folder.mkdir(parents=True)
+            for m, v in zip(("flair", "t1", "t1ce", "t2"), vols):
+                nib.save(nib.Nifti1Image(v, affine), folder / f"{case.name}_{m}.nii.gz")
+            written.append(folder / f"{case.name}_flair.nii.gz")
+        else:
+            path = out / f"{case.name}.nii.gz"
+            nib.save(nib.Nifti1Image(np.stack(vols, axis=-1), affine), path)
+            written.append(path)
+    return written
+
+
+def test_inference_lands_on_the_input_grid(trained, tiny_brats, tmp_path):
+    root, _ = trained
+    studies = tmp_path / "studies"
+    inputs = _lps_2mm_studies(tiny_brats, studies)
+    before = {p: p.read_bytes() for p in studies.rglob("*.nii.gz")}
+    outputs = tmp_path / "out"
+    for source in (studies / "Brats17ValidationData", inputs[1]):
+        wf = _workflow(INFERENCE, root, source, workflow_type="infer", output_dir=str(outputs))
+        assert wf.check_properties() == []
+        wf.run()
+        wf.finalize()
+    for inp in inputs:
+        case = inp.name.replace("_flair.nii.gz", "").replace(".nii.gz", "")
+        seg = nib.load(outputs / f"{case}_seg.nii.gz")
+        ref = nib.load(inp)
+        assert seg.shape == ref.shape[:3]
+        np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-4)
+        assert nib.aff2axcodes(seg.affine) == ("L", "P", "S")
+        data = np.asanyarray(seg.dataobj)
+        assert data.dtype == np.uint8
+        assert set(np.unique(data)) <= {0, 1, 2}
+    assert {p: p.read_bytes() for p in studies.rglob("*.nii.gz")} == before, "inputs must never be modified"
+    assert not list(outputs.glob(".*")), "no temporary files left behind"
+
+
+def test_mlflow_run_records_params_metrics_and_best_checkpoint(tmp_path, tiny_brats):
+    mlflow = pytest.importorskip("mlflow")
+    wf = ConfigWorkflow(
+        config_file=TRAIN, meta_file=META, logging_file=LOGGING, tracking="mlflow",
+        bundle_root=str(tmp_path), dataset_dir=str(tiny_brats), epochs=1, **FAST,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    client = mlflow.MlflowClient(tracking_uri=wf.parser.get_parsed_content("tracking_uri"))
+    experiment = client.get_experiment_by_name("refineformer3d")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert "val_mean_dice" in run.data.metrics and "train_loss" in run.data.metrics
+    assert run.data.params["learning_rate"] and run.data.params["network"] == "RefineFormer3D"
+    assert "model.pt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_regions_scheme_trains_and_writes_brats_labels(tmp_path, tiny_brats):
+    _, metrics = _train(tmp_path, tiny_brats, epochs=1, config_file=[TRAIN, REGIONS])
+    assert math.isfinite(metrics["val_mean_dice"]) and "val_dice_et" in metrics
+    out = tmp_path / "seg"
+    wf = _workflow([INFERENCE, REGIONS], tmp_path, tiny_brats / "Brats17ValidationData", workflow_type="infer",
+                   output_dir=str(out))
+    wf.run()
+    wf.finalize()
+    segs = sorted(out.glob("*_seg.nii.gz"))
+    assert len(segs) == 2
+    for seg in segs:
+        assert set(np.unique(np.asanyarray(nib.load(seg).dataobj))) <= {0, 1, 2, 4}
+
+
+def _cli(*args, env=None, timeout=600):
+    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _cli_overrides(root, data):
+    return ["--bundle_root", str(root), "--dataset_dir", str(data), "--epochs", "1", "--device", "cpu",
+            "--roi_size", "[32,32,32]", "--num_samples", "1", "--num_workers", "0",
+            "--network_def#_target_", "refineformer3d.networks.create_model",
+            "--network_def#name", "refineformer3d_tiny"]
+
+
+@pytest.mark.parametrize("run_key", [["run", "training"], ["run"]], ids=["training", "run"])
+def test_cli_train_command_as_documented(tmp_path, tiny_brats, run_key):
+    _cli(*run_key, "--meta_file", META, "--config_file", TRAIN, "--logging_file", LOGGING,
+         *_cli_overrides(tmp_path, tiny_brats))
+    assert (tmp_path / "models" / "model.pt").exists()
+
+
+def test_ddp_two_cpu_processes_train_one_epoch(tmp_path, tiny_brats):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "monai.bundle", "run", "--config_file", f"['{TRAIN}','{MULTI_GPU}']",
+           "--meta_file", META, "--logging_file", LOGGING, *_cli_overrides(tmp_path, tiny_brats)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").exists()
+    assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
+
+
+def test_net_in_out_and_torchscript_export(tmp_path):
+    _cli("verify_net_in_out", "network_def", "--meta_file", META, "--config_file", INFERENCE,
+         "--network_def#_target_", "refineformer3d.networks.create_model",
+         "--network_def#name", "refineformer3d_tiny", "--device", "cpu", "--p", "1", "--n", "1")
+    ckpt = tmp_path / "model.pt"
+    from refineformer3d.networks import create_model
+
+    torch.save(create_model("refineformer3d_tiny", in_channels=4, out_channels=3).state_dict(), ckpt)
+    ts = tmp_path / "model.ts"
+    _cli("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), "--meta_file", META,
+         "--config_file", INFERENCE, "--network_def#_target_", "refineformer3d.networks.create_model",
+         "--network_def#name", "refineformer3d_tiny", "--use_trace", "True",
+         "--input_shape", "[1,4,64,64,64]", "--key_in_ckpt", "")
+    assert ts.exists() and torch.jit.load(str(ts)) is not None
