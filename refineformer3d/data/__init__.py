@@ -1,0 +1,53 @@
+"""BraTS data: dataset discovery and datalists, label transforms, and realistic synthetic studies.
+
+The names below are imported on first use (PEP 562): ``python -m refineformer3d.data.datalist`` then runs without
+importing torch and MONAI first, and without runpy's warning about a module imported twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "CHANNELS": "datalist",
+    "LABEL_CONVENTIONS": "datalist",
+    "LAYOUTS": "datalist",
+    "DatasetError": "datalist",
+    "build_datalist": "datalist",
+    "detect_layout": "datalist",
+    "find_studies": "datalist",
+    "load_datalist": "datalist",
+    "write_datalist": "datalist",
+    "ensure_dataset": "synthetic",
+    "make_case": "synthetic",
+    "make_dataset": "synthetic",
+    "BratsLabelsFromPredictiond": "transforms",
+    "ConvertBratsLabelsd": "transforms",
+}
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .datalist import (  # noqa: F401
+        CHANNELS,
+        LABEL_CONVENTIONS,
+        LAYOUTS,
+        DatasetError,
+        build_datalist,
+        detect_layout,
+        find_studies,
+        load_datalist,
+        write_datalist,
+    )
+    from .synthetic import ensure_dataset, make_case, make_dataset  # noqa: F401
+    from .transforms import BratsLabelsFromPredictiond, ConvertBratsLabelsd  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,632 @@
+"""BraTS dataset discovery and Decathlon-style datalists.
+
+Layouts, detected automatically (channel order is always FLAIR, T1, T1ce, T2):
+
+* ``brats2017``: ``Brats17TrainingData/{HGG,LGG}/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` and the flat,
+  unlabelled ``Brats17ValidationData/<case>/...``.
+* ``brats2018-2020``: the same naming with ``Brats18_``, ``BraTS19_`` or ``BraTS20_`` cases (2020 has no grade folders;
+  its ``name_mapping.csv`` gives the grade when present).
+* ``brats2021``: ``BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz``, and any other case naming of the
+  ``<case>/<case>_<modality>`` pattern.
+* ``brats2023``: ``<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`` (BraTS 2023 and later).
+* ``msd``: Medical Segmentation Decathlon Task01_BrainTumour, ``imagesTr/BRATS_XXX.nii.gz`` (4-D, channels FLAIR,
+  T1w, T1gd, T2w), ``labelsTr/``, ``imagesTs/``.
+
+Label conventions (raw values of the label files):
+
+* ``brats`` (2017-2021): 1 necrosis / non-enhancing tumour, 2 edema, 4 enhancing tumour.
+* ``brats2023``: 1 necrosis / non-enhancing tumour, 2 edema, 3 enhancing tumour.
+* ``msd``: 1 edema, 2 non-enhancing tumour, 3 enhancing tumour.
+
+Labelled cases are split into training, validation and testing; cases without a label file (validation-data folders,
+``imagesTs``) go to testing, after the labelled test cases, for inference only.
+
+Command line::
+
+    python -m refineformer3d.data.datalist --dataset_dir DIR --output datalist.json \\
+        [--val_fraction 0.2 --test_fraction 0.1 --seed 0] [--no_verify]
+
+On bad input it prints one line to stderr, exits with status 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "CHANNELS",
+    "LABEL_CONVENTIONS",
+    "LAYOUTS",
+    "SPLITS",
+    "DatasetError",
+    "detect_layout",
+    "build_datalist",
+    "write_datalist",
+    "load_datalist",
+    "find_studies",
+    "main",
+]
+
+CHANNELS = ("flair", "t1", "t1ce", "t2")
+SPLITS = ("training", "validation", "testing")
+LAYOUTS = ("brats2017", "brats2018-2020", "brats2021", "brats2023", "msd")
+# Raw label value of each tumour part, per convention.
+LABEL_CONVENTIONS: dict[str, dict[str, int]] = {
+    "brats": {"necrosis": 1, "edema": 2, "enhancing": 4},
+    "brats2023": {"necrosis": 1, "edema": 2, "enhancing": 3},
+    "msd": {"necrosis": 2, "edema": 1, "enhancing": 3},
+}
+_CONVENTION_OF_LAYOUT = {"brats2023": "brats2023", "msd": "msd"}  # the others: "brats"
+
+# File suffixes in CHANNELS order, then the label, for each separator between case name and modality.
+_SUFFIXES = {"_": ("flair", "t1", "t1ce", "t2", "seg"), "-": ("t2f", "t1n", "t1c", "t2w", "seg")}
+_YEARS = (
+    ("brats2017", re.compile(r"^brats17_", re.IGNORECASE)),
+    ("brats2018-2020", re.compile(r"^(brats18|brats19|brats20)_", re.IGNORECASE)),
+    ("brats2021", re.compile(r"^brats2021_", re.IGNORECASE)),
+)
+_MSD_IMAGE = re.compile(r"^BRATS_\d+\.nii(\.gz)?$")
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+_GRADES = ("HGG", "LGG")
+_AFFINE_TOLERANCE = 1e-3  # mm; BraTS modalities are co-registered, so their affines agree to rounding
+_MAX_LISTED = 20
+
+
+class DatasetError(ValueError):
+    """A dataset or datalist that cannot be used; the message names each case, file and problem."""
+
+    def __init__(self, problems: Sequence[str], where: str = "") -> None:
+        self.problems = list(problems)
+        shown = self.problems[:_MAX_LISTED]
+        more = len(self.problems) - len(shown)
+        head = f"{where}: " if where else ""
+        if len(self.problems) > 1:
+            head += f"{len(self.problems)} problems: "
+        super().__init__(head + "; ".join(shown) + (f"; and {more} more" if more else ""))
+
+
+@dataclass
+class _Case:
+    name: str
+    layout: str
+    image: list[Path] | Path  # four files, or one 4-D file (MSD)
+    label: Path | None
+    grade: str | None
+
+
+def _is_nifti(name: str) -> bool:
+    # macOS archives (the MSD tarball included) carry "._" resource forks next to every file.
+    return bool(_NIFTI.search(name)) and not name.startswith(".")
+
+
+def _nifti_file(folder: Path, stem: str, names: set[str]) -> Path | None:
+    for extension in (".nii.gz", ".nii"):
+        if stem + extension in names:
+            return folder / (stem + extension)
+    return None
+
+
+def _name_mapping_grades(folder: Path) -> dict[str, str]:
+    """Grades from BraTS 2020's ``name_mapping.csv`` (columns ``Grade`` and ``BraTS_2020_subject_ID``), if any."""
+    path = folder / "name_mapping.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        r["BraTS_2020_subject_ID"]: r["Grade"]
+        for r in rows
+        if r.get("Grade") in _GRADES and r.get("BraTS_2020_subject_ID")
+    }
+
+
+def _brats_case(
+    folder: Path, names: set[str], root: Path, grades: dict[str, str], need_labels: bool, problems: list[str]
+) -> _Case | None:
+    """The case in ``folder`` if its files are named ``<folder><separator><modality>.nii[.gz]``."""
+    case = folder.name
+    for separator, suffixes in _SUFFIXES.items():
+        found = [_nifti_file(folder, f"{case}{separator}{s}", names) for s in suffixes]
+        if any(found[:4]):
+            break
+    else:
+        return None
+    relative = folder.relative_to(root)
+    for suffix, path in zip(suffixes[:4], found[:4], strict=True):
+        if path is None:
+            problems.append(f"case {case}: missing {suffix} file {(relative / f'{case}{separator}{suffix}.nii.gz')}")
+    label = found[4]
+    if label is None:
+        # BraTS 2020's case 355 ships its label as "W39_1998.09.19_Segm.nii": accept one odd "seg" file.
+        others = [n for n in names if _is_nifti(n) and "seg" in n.lower() and not n.startswith(case)]
+        label = folder / others[0] if len(others) == 1 else None
+    parts = (root.name, *relative.parts[:-1])
+    folder_grade = next((p for p in parts if p in _GRADES), None)
+    # Cases in a training folder or a grade folder must have a label; elsewhere no label means inference only.
+    training = folder_grade is not None or any("training" in p.lower() for p in parts)
+    if label is None and training and need_labels:
+        problems.append(f"case {case}: missing label file {relative / f'{case}{separator}seg.nii.gz'}")
+    if separator == "-":
+        layout = "brats2023"
+    else:
+        layout = next((year for year, pattern in _YEARS if pattern.match(case)), "brats2021")
+    return _Case(case, layout, found[:4], label, folder_grade or grades.get(case))
+
+
+def _msd_cases(folder: Path, names: set[str], need_labels: bool, problems: list[str]) -> list[_Case]:
+    labels = folder.parent / "labelsTr"
+    cases = []
+    for name in sorted(n for n in names if _MSD_IMAGE.match(n)):
+        label = None
+        if folder.name == "imagesTr":
+            label = labels / name
+            if not label.is_file():
+                label = None
+                if need_labels:
+                    problems.append(f"case {_NIFTI.sub('', name)}: missing label file labelsTr/{name}")
+        cases.append(_Case(_NIFTI.sub("", name), "msd", folder / name, label, None))
+    return cases
+
+
+def _discover(dataset_dir: str | os.PathLike, need_labels: bool = True) -> tuple[Path, str, list[_Case]]:
+    """Finds every case below ``dataset_dir``.
+
+    Args:
+        dataset_dir: any folder above the case folders.
+        need_labels: report a missing label file for cases in training (or grade) folders and MSD ``imagesTr``.
+
+    Returns:
+        The absolute dataset root, the layout, and the cases sorted by name.
+
+    Raises:
+        DatasetError: no folder, no cases, mixed layouts, or cases with missing files.
+    """
+    root = Path(dataset_dir).expanduser().absolute()
+    if not root.is_dir():
+        raise DatasetError([f"dataset folder {root} does not exist"])
+    problems: list[str] = []
+    cases: list[_Case] = []
+    niftis: list[str] = []
+    grade_tables: dict[Path, dict[str, str]] = {}
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        folder = Path(folder)
+        names = {f for f in files if _is_nifti(f)}
+        if not names:
+            continue
+        niftis.extend(str((folder / f).relative_to(root)) for f in sorted(names)[:2])
+        if folder.name in ("imagesTr", "imagesTs"):
+            cases.extend(_msd_cases(folder, names, need_labels, problems))
+        else:
+            if folder.parent not in grade_tables:
+                grade_tables[folder.parent] = _name_mapping_grades(folder.parent)
+            case = _brats_case(folder, names, root, grade_tables[folder.parent], need_labels, problems)
+            if case is not None:
+                cases.append(case)
+    if not cases:
+        expected = (
+            "BraTS case folders <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz (2017-2021) or "
+            "<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz (2023+), or MSD Task01 imagesTr/BRATS_XXX.nii.gz"
+        )
+        if not niftis:
+            raise DatasetError([f"no NIfTI files in {root}; expected {expected}"])
+        raise DatasetError(
+            [f"unknown layout in {root}: found NIfTI files such as {', '.join(niftis[:3])} but expected {expected}"]
+        )
+    layouts = sorted({c.layout for c in cases})
+    if len(layouts) > 1:
+        counts = ", ".join(f"{sum(c.layout == lay for c in cases)} {lay}" for lay in layouts)
+        raise DatasetError([f"mixed layouts in {root} ({counts} cases); point at one dataset"])
+    names = [c.name for c in cases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    problems.extend(f"case {n}: found more than once" for n in duplicates)
+    if problems:
+        raise DatasetError(problems, where=str(root))
+    return root, layouts[0], sorted(cases, key=lambda c: c.name)
+
+
+def detect_layout(dataset_dir: str | os.PathLike) -> str:
+    """Returns the dataset's layout, one of :data:`LAYOUTS`.
+
+    Raises:
+        DatasetError: (a ``ValueError``) for a missing or empty folder, an unknown or mixed layout, or a case missing
+            a modality.
+    """
+    return _discover(dataset_dir, need_labels=False)[1]
+
+
+def _read(path: Path, root: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """Data and affine of a NIfTI file, or the problem reading it."""
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)  # reads everything: a truncated .gz fails only here
+    except Exception as error:  # nibabel, gzip and zlib raise many types for a corrupt file; all mean the same here
+        return None, None, f"unreadable or truncated file {path.relative_to(root)} ({type(error).__name__}: {error})"
+    return data, image.affine, None
+
+
+def _check_case(case: _Case, root: Path, convention: str) -> list[str]:
+    """Problems with one case's files: readability, shapes, affines, NaN, empty images, label values."""
+    problems = []
+    paths = case.image if isinstance(case.image, list) else [case.image]
+    reference = None
+    for path in [*paths, *([case.label] if case.label is not None else [])]:
+        data, affine, problem = _read(path, root)
+        where = f"case {case.name}: {path.relative_to(root)}"
+        if problem is not None:
+            problems.append(f"case {case.name}: {problem}")
+            continue
+        is_label = path == case.label
+        expected_ndim = 4 if case.layout == "msd" and not is_label else 3
+        if data.ndim != expected_ndim or (expected_ndim == 4 and data.shape[3] != len(CHANNELS)):
+            wanted = "a 4-D image with 4 channels last" if expected_ndim == 4 else "a 3-D volume"
+            problems.append(f"{where}: expected {wanted}, got shape {data.shape}")
+            continue
+        if reference is None:
+            reference = (path, data.shape[:3], affine)
+        elif data.shape[:3] != reference[1]:
+            problems.append(f"{where}: shape {data.shape[:3]} differs from {reference[0].name} {reference[1]}")
+        elif not np.allclose(affine, reference[2], atol=_AFFINE_TOLERANCE):
+            problems.append(f"{where}: affine differs from {reference[0].name} (not co-registered)")
+        if is_label:
+            values = np.unique(data)
+            allowed = {0, *LABEL_CONVENTIONS[convention].values()}
+            bad = [v for v in values.tolist() if v not in allowed]
+            if bad:
+                problems.append(
+                    f"{where}: label values {bad[:10]} outside the {convention} convention {sorted(allowed)}"
+                )
+            continue
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            problems.append(f"{where}: contains NaN or infinite values")
+        channels = np.moveaxis(data, -1, 0) if data.ndim == 4 else data[None]
+        for channel, values in zip(CHANNELS if data.ndim == 4 else [None], channels, strict=True):
+            if not values.any():
+                problems.append(f"{where}: {'channel ' + channel + ' is' if channel else 'image is'} all zero")
+    return problems
+
+
+def _split(cases: list[_Case], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[_Case]]:
+    """Deterministic split that keeps each grade's share in every split.
+
+    Each grade's cases are shuffled and spread evenly over [0, 1); sorting all cases by that position interleaves
+    the grades, so any prefix holds them in proportion. Testing takes the first cases, validation the next.
+    """
+    rng = np.random.default_rng(seed)
+    positions = []
+    for grade in sorted({str(c.grade) for c in cases}):
+        members = [c for c in cases if str(c.grade) == grade]
+        order = rng.permutation(len(members))
+        positions += [((rank + 0.5) / len(members), grade, members[i].name, members[i]) for rank, i in enumerate(order)]
+    ordered = [p[-1] for p in sorted(positions, key=lambda p: p[:3])]
+    total = len(ordered)
+    n_test = max(1, round(total * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(total * val_fraction)) if val_fraction > 0 else 0
+    if total and n_test + n_val >= total:
+        raise DatasetError(
+            [
+                f"{total} labelled cases are too few for val_fraction {val_fraction} and test_fraction "
+                f"{test_fraction}: no training cases would be left"
+            ]
+        )
+    testing, validation = ordered[:n_test], ordered[n_test : n_test + n_val]
+    training = ordered[n_test + n_val :]
+    return {
+        "training": sorted(training, key=lambda c: c.name),
+        "validation": sorted(validation, key=lambda c: c.name),
+        "testing": sorted(testing, key=lambda c: c.name),
+    }
+
+
+def _entry(case: _Case, root: Path) -> dict:
+    def relative(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    entry: dict = {"image": [relative(p) for p in case.image] if isinstance(case.image, list) else relative(case.image)}
+    if case.label is not None:
+        entry["label"] = relative(case.label)
+    entry["case"] = case.name
+    return entry
+
+
+def build_datalist(
+    dataset_dir: str | os.PathLike,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    verify: bool = True,
+) -> dict:
+    """Discovers a BraTS or MSD dataset and splits it into a Decathlon-style datalist.
+
+    Args:
+        dataset_dir: dataset root (any folder above the case folders).
+        val_fraction: share of the labelled cases for validation (at least one case when above 0).
+        test_fraction: share of the labelled cases for testing (at least one case when above 0).
+        seed: split seed; the same seed and dataset give the same split.
+        verify: read every file and check it (readable, shapes and affines agree, no NaN, no empty image, label values
+            within the layout's convention). Reads the whole dataset, in parallel threads.
+
+    Returns:
+        ``{"layout", "label_convention", "channels", "dataset_dir", "training", "validation", "testing"}``. Each
+        entry is ``{"image": [flair, t1, t1ce, t2] or one 4-D file, "label": file, "case": name}`` with paths
+        relative to ``dataset_dir``. Testing lists the labelled held-out cases, then the unlabelled ones
+        (validation-data folders, MSD ``imagesTs``), which have no ``"label"``.
+
+    Raises:
+        DatasetError: (a ``ValueError``) listing every problem found, each naming the case and file; or for bad
+            fractions or a negative seed.
+
+    Example:
+        >>> datalist = build_datalist("/data/BraTS2017", seed=0)
+        >>> datalist["training"][0]["image"][0]
+        'Brats17TrainingData/HGG/Brats17_2013_10_1/Brats17_2013_10_1_flair.nii.gz'
+    """
+    if seed < 0:
+        raise DatasetError([f"seed must be >= 0, got {seed}"])
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DatasetError(
+            [
+                f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, got "
+                f"{val_fraction} and {test_fraction}"
+            ]
+        )
+    root, layout, cases = _discover(dataset_dir)
+    convention = _CONVENTION_OF_LAYOUT.get(layout, "brats")
+    if verify:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            problems = [p for found in pool.map(lambda c: _check_case(c, root, convention), cases) for p in found]
+        if problems:
+            raise DatasetError(problems, where=str(root))
+    labelled = [c for c in cases if c.label is not None]
+    splits = _split(labelled, val_fraction, test_fraction, seed)
+    datalist: dict = {
+        "layout": layout,
+        "label_convention": convention,
+        "channels": list(CHANNELS),
+        "dataset_dir": str(root),
+    }
+    for split in SPLITS:
+        datalist[split] = [_entry(c, root) for c in splits[split]]
+    datalist["testing"] += [_entry(c, root) for c in cases if c.label is None]
+    return datalist
+
+
+def write_datalist(datalist: Mapping, output: str | os.PathLike) -> Path:
+    """Writes a datalist as JSON, atomically: the file appears complete or not at all.
+
+    ``dataset_dir`` is written relative to the file's folder, so the two can move together.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: for a datalist without the three splits, or an output folder that does not exist.
+    """
+    missing = [s for s in SPLITS if not isinstance(datalist.get(s), list)]
+    if missing:
+        raise ValueError(f"datalist has no {', '.join(missing)} list")
+    output = Path(output).expanduser().absolute()
+    if not output.parent.is_dir():
+        raise ValueError(f"folder {output.parent} does not exist")
+    content = dict(datalist)
+    if "dataset_dir" in content:
+        content["dataset_dir"] = os.path.relpath(content["dataset_dir"], output.parent)
+    descriptor, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp makes it private
+        os.replace(temporary, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return output
+
+
+def _absolute(value, base: Path, where: str):
+    if isinstance(value, str):
+        return os.path.normpath(os.path.join(base, value))
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [_absolute(v, base, where) for v in value]
+    raise DatasetError([f"{where}: expected a path or a list of paths, got {value!r}"])
+
+
+def _convention_of(content: Mapping, where: str) -> str:
+    convention = content.get("label_convention")
+    if convention is None:
+        # MSD's dataset.json names its labels; "1": "edema" is the MSD meaning.
+        labels = content.get("labels")
+        convention = "msd" if isinstance(labels, Mapping) and "edema" in str(labels.get("1", "")).lower() else "brats"
+    if convention not in LABEL_CONVENTIONS:
+        raise DatasetError(
+            [f"{where}: unknown label_convention {convention!r}; expected one of {sorted(LABEL_CONVENTIONS)}"]
+        )
+    return convention
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DatasetError([f"cannot read datalist {path}: {error}"]) from None
+    if not isinstance(content, dict):
+        raise DatasetError([f"datalist {path} is not a JSON object with training/validation/testing lists"])
+    base = path.parent
+    if "dataset_dir" in content:
+        base = Path(os.path.normpath(path.parent / content["dataset_dir"]))
+    datalist = {
+        "layout": content.get("layout"),
+        "label_convention": _convention_of(content, str(path)),
+        "channels": content.get("channels", list(CHANNELS)),
+        "dataset_dir": str(base),
+    }
+    # MONAI's load_decathlon_datalist is not used: it turns any other string value (such as "case") into a path
+    # when a file of that name happens to exist.
+    problems = []
+    for split, keys in (("training", ("training",)), ("validation", ("validation",)), ("testing", ("testing", "test"))):
+        entries = next((content[k] for k in keys if k in content), [])
+        if not isinstance(entries, list):
+            raise DatasetError([f"datalist {path}: {split} is not a list"])
+        resolved = []
+        for i, entry in enumerate(entries):
+            entry = {"image": entry} if isinstance(entry, str) else entry  # MSD lists test images as strings
+            if not isinstance(entry, Mapping) or "image" not in entry:
+                raise DatasetError([f"datalist {path}: {split}[{i}] has no image"])
+            entry = dict(entry)
+            for key in ("image", "label"):
+                if key in entry:
+                    entry[key] = _absolute(entry[key], base, f"datalist {path}: {split}[{i}].{key}")
+                    files = entry[key] if isinstance(entry[key], list) else [entry[key]]
+                    problems += [f"{split}[{i}]: missing file {f}" for f in files if not os.path.isfile(f)]
+            resolved.append(entry)
+        datalist[split] = resolved
+    if problems:
+        raise DatasetError(problems, where=f"datalist {path}")
+    return datalist
+
+
+def load_datalist(source: str | os.PathLike, split: str | None = None, **build_kwargs):
+    """Loads a datalist with absolute paths, from a dataset folder or a datalist JSON.
+
+    Args:
+        source: a dataset folder (built with :func:`build_datalist`, verified by default), or a datalist JSON: ours,
+            or MONAI Decathlon ``dataset.json`` style (``training`` and ``test`` lists). Relative paths in a JSON
+            are resolved against its ``dataset_dir`` (itself relative to the JSON's folder) or else its folder.
+        split: ``"training"``, ``"validation"`` or ``"testing"`` to get that list only.
+        build_kwargs: ``val_fraction``, ``test_fraction``, ``seed``, ``verify`` for a dataset folder; ignored for a
+            JSON, whose split is fixed.
+
+    Returns:
+        The datalist dict (see :func:`build_datalist`) with absolute paths, or the list for ``split``.
+
+    Raises:
+        DatasetError: (a ``ValueError``) for a missing source, a bad JSON, missing files, or any problem
+            :func:`build_datalist` finds.
+        ValueError: for an unknown ``split``.
+
+    Example:
+        >>> training = load_datalist("/data/BraTS2017", seed=0)["training"]
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = Path(source).expanduser().absolute()
+    if path.is_dir():
+        datalist = build_datalist(path, **build_kwargs)
+        base = Path(datalist["dataset_dir"])
+        for name in SPLITS:
+            datalist[name] = [
+                {k: _absolute(v, base, name) if k in ("image", "label") else v for k, v in e.items()}
+                for e in datalist[name]
+            ]
+    elif path.is_file():
+        datalist = _load_json(path)
+    else:
+        raise DatasetError([f"{path} does not exist; expected a dataset folder or a datalist JSON"])
+    return datalist if split is None else datalist[split]
+
+
+def _study_file(path: Path) -> dict:
+    try:
+        shape = nib.load(path).shape
+    except Exception as error:  # as in _read: many exception types, one meaning
+        raise DatasetError([f"cannot read {path} ({type(error).__name__}: {error})"]) from None
+    if len(shape) != 4 or shape[3] != len(CHANNELS):
+        raise DatasetError(
+            [f"{path}: expected a 4-D NIfTI with 4 channels last (FLAIR, T1, T1ce, T2), got shape {shape}"]
+        )
+    return {"image": str(path), "case": _NIFTI.sub("", path.name)}
+
+
+def find_studies(source: str | os.PathLike) -> list[dict]:
+    """Lists studies for inference.
+
+    Args:
+        source: one of
+            * a dataset folder in any layout: every case, labelled or not;
+            * a datalist JSON: its ``testing`` list (``test`` for MSD ``dataset.json``);
+            * a single 4-D NIfTI file with channels FLAIR, T1, T1ce, T2 last;
+            * a folder of such 4-D files (not searched recursively).
+
+    Returns:
+        ``[{"image": path or [flair, t1, t1ce, t2], "case": name}]`` with absolute paths, sorted by case; never empty.
+
+    Raises:
+        DatasetError: (a ``ValueError``) when nothing usable is found; the message says what was expected.
+    """
+    path = Path(source).expanduser().absolute()
+    if path.is_file() and path.suffix == ".json":
+        entries = load_datalist(path, "testing")
+        if not entries:
+            raise DatasetError([f"datalist {path} has no testing entries to run inference on"])
+        studies = [{"image": e["image"], "case": e.get("case") or _study_name(e["image"])} for e in entries]
+    elif path.is_file() and _is_nifti(path.name):
+        studies = [_study_file(path)]
+    elif path.is_dir():
+        try:
+            root, _, cases = _discover(path, need_labels=False)
+        except DatasetError as error:
+            files = sorted(f for f in path.iterdir() if f.is_file() and _is_nifti(f.name))
+            if not files:
+                raise error from None
+            studies = [_study_file(f) for f in files]
+        else:
+            studies = [
+                {"image": [str(p) for p in c.image] if isinstance(c.image, list) else str(c.image), "case": c.name}
+                for c in cases
+            ]
+    else:
+        raise DatasetError(
+            [f"{path} does not exist; expected a dataset folder, a datalist JSON, a 4-D NIfTI file or a folder of them"]
+        )
+    return sorted(studies, key=lambda s: (s["case"], str(s["image"])))
+
+
+def _study_name(image) -> str:
+    first = image[0] if isinstance(image, list) else image
+    return _NIFTI.sub("", Path(first).name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 on bad input, with one line on stderr)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.data.datalist",
+        description="Write a Decathlon-style datalist for a BraTS (2017-2023+) or MSD Task01 dataset.",
+    )
+    parser.add_argument("--dataset_dir", required=True, help="dataset root")
+    parser.add_argument("--output", required=True, help="datalist JSON to write")
+    parser.add_argument("--val_fraction", type=float, default=0.2)
+    parser.add_argument("--test_fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_verify", action="store_true", help="skip reading and checking every file")
+    args = parser.parse_args(argv)
+    try:
+        datalist = build_datalist(
+            args.dataset_dir, args.val_fraction, args.test_fraction, args.seed, verify=not args.no_verify
+        )
+        output = write_datalist(datalist, args.output)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{len(datalist[s])} {s}" for s in SPLITS)
+    print(f"{output}: {datalist['layout']} layout, {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

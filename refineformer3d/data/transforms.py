@@ -1,0 +1,169 @@
+"""BraTS label transforms that MONAI lacks: convention-aware label schemes and prediction-to-label conversion.
+
+Label schemes:
+
+* ``"classes"`` (default): one channel, 0 background, 1 tumour core (necrosis / non-enhancing + enhancing),
+  2 edema; whole tumour = 1 + 2. For softmax outputs and DiceCE with ``to_onehot_y=True``.
+* ``"regions"``: three overlapping channels TC, WT, ET (float32), the BraTS evaluation regions, for sigmoid outputs
+  as in the MONAI model zoo and SegFormer3D.
+
+The raw label values follow a convention from :data:`refineformer3d.data.datalist.LABEL_CONVENTIONS` (``"brats"``
+1/2/4, ``"brats2023"`` 1/2/3, ``"msd"`` 1 edema / 2 non-enhancing / 3 enhancing); a datalist carries its convention
+as ``datalist["label_convention"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import AsDiscrete, ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform
+from monai.utils import PostFix, convert_to_dst_type
+
+from .datalist import LABEL_CONVENTIONS
+
+__all__ = ["SCHEMES", "ConvertBratsLabelsd", "BratsLabelsFromPredictiond"]
+
+SCHEMES = ("classes", "regions")
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+
+
+def _source_name(data: Mapping, key: Hashable, value) -> str:
+    """The file a value was loaded from, for error messages."""
+    meta = value.meta if isinstance(value, MetaTensor) else data.get(PostFix.meta(str(key)), {})
+    filename = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    return f"{key!r} ({filename})" if filename else repr(key)
+
+
+class ConvertBratsLabelsd(MapTransform):
+    """Converts raw BraTS or MSD labels to the ``classes`` or ``regions`` scheme, checking every value.
+
+    Args:
+        keys: keys of the labels, each (1, D, H, W) (any spatial rank), numpy or torch (MetaTensor meta is kept).
+        scheme: ``"classes"``: (1, D, H, W) with 0 background, 1 tumour core, 2 edema, in the input's dtype.
+            ``"regions"``: (3, D, H, W) float32 channels TC, WT, ET.
+        convention: meaning of the raw values: ``"brats"`` (1 necrosis/non-enhancing, 2 edema, 4 enhancing),
+            ``"brats2023"`` (enhancing is 3) or ``"msd"`` (1 edema, 2 non-enhancing, 3 enhancing).
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: for an unknown scheme or convention; when called, for a label with more than one channel or a
+            value outside the convention, naming the key and file.
+
+    Example:
+        >>> t = ConvertBratsLabelsd("label", scheme="regions", convention="msd")
+        >>> t({"label": np.array([[[0, 1, 2, 3]]])})["label"][:, 0, 0]  # TC, WT, ET of each voxel
+        array([[0., 0., 1., 1.],
+               [0., 1., 1., 1.],
+               [0., 0., 0., 1.]], dtype=float32)
+    """
+
+    backend = MapLabelValue.backend
+
+    def __init__(
+        self, keys: KeysCollection, scheme: str = "classes", convention: str = "brats", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        _check_choice("scheme", scheme, SCHEMES)
+        _check_choice("label convention", convention, LABEL_CONVENTIONS)
+        self.scheme = scheme
+        self.convention = convention
+        parts = LABEL_CONVENTIONS[convention]
+        self.values = (0, parts["necrosis"], parts["edema"], parts["enhancing"])
+        # classes: core = necrosis + enhancing. regions: MONAI's BraTS transform wants 1 necrosis and 2 edema.
+        self.targets = (0, 1, 2, 1) if scheme == "classes" else (0, 1, 2, parts["enhancing"])
+        self.to_regions = ConvertToMultiChannelBasedOnBratsClasses(et_label=parts["enhancing"])
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self._convert(d[key], _source_name(d, key, d[key]))
+        return d
+
+    def _convert(self, label: NdarrayOrTensor, name: str) -> NdarrayOrTensor:
+        if label.ndim < 2 or label.shape[0] != 1:
+            raise ValueError(f"label {name}: expected one channel first (1, D, H, W), got shape {tuple(label.shape)}")
+        raw = label.as_tensor() if isinstance(label, MetaTensor) else label  # meta is copied back at the end
+        present = torch.unique(raw) if isinstance(raw, torch.Tensor) else np.unique(raw)
+        bad = [v for v in present.tolist() if v not in self.values]
+        if bad:
+            raise ValueError(
+                f"label {name}: values {bad[:10]} outside the {self.convention} convention {sorted(self.values)}"
+            )
+        is_tensor = isinstance(raw, torch.Tensor)
+        dtype = raw.dtype if self.scheme == "classes" else (torch.float32 if is_tensor else np.float32)
+        out = MapLabelValue(self.values, self.targets, dtype=dtype)(raw)
+        if self.scheme == "regions":
+            out = self.to_regions(out)  # bool; cast below, as DiceLoss and the metrics need float
+        out, *_ = convert_to_dst_type(out, dst=label, dtype=dtype)
+        return out
+
+
+class BratsLabelsFromPredictiond(MapTransform):
+    """Turns network outputs into one label map, for writing predictions.
+
+    ``classes``: (3, D, H, W) probabilities or logits -> argmax -> (1, D, H, W) with 0 background, 1 tumour core,
+    2 edema. ``regions``: (3, D, H, W) TC, WT, ET probabilities -> threshold -> (1, D, H, W) with the
+    ``convention``'s raw values (BraTS: 1 necrosis/non-enhancing, 2 edema, 4 enhancing). The regions are nested by
+    union, as nnU-Net and the BraTS toolkits do: a voxel is enhancing where ET is predicted, otherwise necrosis where
+    TC is, otherwise edema where WT is; so the written ET lies inside TC inside WT.
+
+    Output keeps the input's type, dtype and MetaTensor meta, so ``Invertd`` and ``SaveImaged`` work afterwards.
+
+    Args:
+        keys: keys of the predictions, (3, D, H, W) (any spatial rank).
+        scheme: ``"classes"`` or ``"regions"``.
+        convention: raw label values to write for ``regions`` (``"brats"``, ``"brats2023"`` or ``"msd"``).
+        threshold: probability threshold for ``regions``; apply the sigmoid first.
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: for an unknown scheme or convention; when called, for a prediction without three channels.
+    """
+
+    backend = AsDiscrete.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        scheme: str = "classes",
+        convention: str = "brats",
+        threshold: float = 0.5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        _check_choice("scheme", scheme, SCHEMES)
+        _check_choice("label convention", convention, LABEL_CONVENTIONS)
+        self.scheme = scheme
+        parts = LABEL_CONVENTIONS[convention]
+        # Written in this order, each over the last: WT, then TC, then ET.
+        self.region_values = (parts["edema"], parts["necrosis"], parts["enhancing"])
+        self.threshold = threshold
+        self.argmax = AsDiscrete(argmax=True)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            if pred.ndim < 2 or pred.shape[0] != 3:
+                raise ValueError(
+                    f"prediction {_source_name(d, key, pred)}: expected 3 channels first, got shape {tuple(pred.shape)}"
+                )
+            d[key] = self.argmax(pred) if self.scheme == "classes" else self._from_regions(pred)
+        return d
+
+    def _from_regions(self, pred: NdarrayOrTensor) -> NdarrayOrTensor:
+        raw = pred.as_tensor() if isinstance(pred, MetaTensor) else pred  # meta is copied back at the end
+        tc, wt, et = raw >= self.threshold
+        label = wt * self.region_values[0]  # bool times int: integer label
+        label = label + tc * (self.region_values[1] - label)
+        label = label + et * (self.region_values[2] - label)
+        out, *_ = convert_to_dst_type(label[None], dst=pred)
+        return out

@@ -1,0 +1,314 @@
+"""Building blocks of the 3D Mix Transformer encoder.
+
+Tokens travel as ``(B, N, C)`` with ``N = d * h * w``; every block that needs the volume receives ``(d, h, w)``
+from the patch embedding that made the tokens, so non-cubic inputs work and no shape is ever guessed from ``N``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers import DropPath
+from monai.networks.layers.utils import get_norm_layer
+
+__all__ = [
+    "tokens_to_volume",
+    "volume_to_tokens",
+    "GhostConv3d",
+    "OverlapPatchEmbed3D",
+    "LowRankLinear",
+    "EfficientSelfAttention3D",
+    "MixFFN3D",
+    "MixTransformerBlock3D",
+]
+
+PATCH_EMBED_TYPES = ("conv", "ghost")
+
+
+def tokens_to_volume(x: torch.Tensor, spatial_shape: tuple[int, int, int]) -> torch.Tensor:
+    """``(B, N, C) -> (B, C, d, h, w)`` with ``N = d * h * w``."""
+    b, _, c = x.shape
+    return x.transpose(1, 2).reshape(b, c, spatial_shape[0], spatial_shape[1], spatial_shape[2])
+
+
+def volume_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, d, h, w) -> (B, N, C)`` with ``N = d * h * w``."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class GhostConv3d(nn.Module):
+    """Ghost convolution (GhostNet, Han et al. 2020) in 3D.
+
+    A dense convolution produces ``ceil(out_channels / ratio)`` intrinsic maps; a cheap depthwise convolution derives
+    the remaining "ghost" maps from them. With ``ratio=2`` this halves the parameters and multiply-adds of a dense
+    ``Conv3d`` of the same kernel, which matters most in patch embeddings, the encoder's largest convolutions.
+
+    Shapes: ``(B, in_channels, D, H, W) -> (B, out_channels, D', H', W')`` as for ``nn.Conv3d``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: kernel of the dense convolution.
+        stride: stride of the dense convolution.
+        padding: padding of the dense convolution; ``kernel_size // 2`` by default.
+        ratio: output channels per intrinsic channel (2 or more).
+        cheap_kernel_size: kernel of the depthwise convolution (odd).
+        bias: whether both convolutions have a bias.
+
+    Raises:
+        ValueError: if ``ratio < 2`` or ``cheap_kernel_size`` is even.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        ratio: int = 2,
+        cheap_kernel_size: int = 3,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if ratio < 2:
+            raise ValueError(f"ratio must be at least 2, got {ratio}.")
+        if cheap_kernel_size % 2 == 0:
+            raise ValueError(f"cheap_kernel_size must be odd, got {cheap_kernel_size}.")
+        self.out_channels = out_channels
+        intrinsic = math.ceil(out_channels / ratio)
+        self.primary = nn.Conv3d(
+            in_channels,
+            intrinsic,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2 if padding is None else padding,
+            bias=bias,
+        )
+        self.cheap = nn.Conv3d(
+            intrinsic,
+            intrinsic * (ratio - 1),
+            cheap_kernel_size,
+            padding=cheap_kernel_size // 2,
+            groups=intrinsic,
+            bias=bias,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.primary(x)
+        # ceil() above may make one ghost map too many; drop it rather than constrain out_channels
+        return torch.cat([y, self.cheap(y)], dim=1)[:, : self.out_channels]
+
+
+class OverlapPatchEmbed3D(nn.Module):
+    """Overlapping patch embedding: a strided convolution (kernel larger than stride), then a LayerNorm.
+
+    Shapes: ``(B, in_channels, D, H, W) -> (B, N, embed_dim), (d, h, w)`` with ``d = D / stride`` etc. and
+    ``N = d * h * w``.
+
+    Args:
+        in_channels: input channels.
+        embed_dim: token width.
+        patch_size: convolution kernel; padding is ``patch_size // 2``.
+        stride: convolution stride, the reduction of this stage.
+        patch_embed: ``"conv"`` (a dense ``Conv3d``, as SegFormer) or ``"ghost"`` (:class:`GhostConv3d`).
+
+    Raises:
+        ValueError: for an unknown ``patch_embed``.
+    """
+
+    def __init__(
+        self, in_channels: int, embed_dim: int, patch_size: int = 7, stride: int = 4, patch_embed: str = "conv"
+    ) -> None:
+        super().__init__()
+        if patch_embed == "conv":
+            self.proj: nn.Module = nn.Conv3d(in_channels, embed_dim, patch_size, stride=stride, padding=patch_size // 2)
+        elif patch_embed == "ghost":
+            self.proj = GhostConv3d(in_channels, embed_dim, patch_size, stride=stride, padding=patch_size // 2)
+        else:
+            raise ValueError(f"patch_embed must be one of {PATCH_EMBED_TYPES}, got {patch_embed!r}.")
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        x = self.proj(x)
+        spatial_shape = (x.shape[2], x.shape[3], x.shape[4])
+        return self.norm(volume_to_tokens(x)), spatial_shape
+
+
+class LowRankLinear(nn.Module):
+    """A linear map factorised through ``rank`` dimensions: ``W = U V`` with ``V: in -> rank``, ``U: rank -> out``.
+
+    Parameters fall from ``in * out`` to ``rank * (in + out)``. Shapes: ``(..., in_features) -> (..., out_features)``.
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+        rank: width of the bottleneck.
+        bias: whether the output has a bias (the bottleneck never has one: it would fold into it).
+
+    Raises:
+        ValueError: if ``rank < 1``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be positive, got {rank}.")
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+def _linear(in_features: int, out_features: int, rank: int | None) -> nn.Module:
+    if rank is None:
+        return nn.Linear(in_features, out_features)
+    return LowRankLinear(in_features, out_features, rank)
+
+
+class EfficientSelfAttention3D(nn.Module):
+    """Multi-head self-attention whose keys and values come from a spatially reduced volume (SegFormer, PVT).
+
+    A ``Conv3d`` with kernel and stride ``sr_ratio`` shrinks the key/value sequence by ``sr_ratio ** 3``, which is
+    what makes attention affordable on the ``D/4 x H/4 x W/4`` tokens of the first stage.
+
+    Shapes: ``(B, N, dim), (d, h, w) -> (B, N, dim)``.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads; must divide ``dim``.
+        sr_ratio: spatial reduction of keys and values (1: none).
+        qkv_bias: whether the query, key and value projections have a bias.
+        attn_drop: dropout on attention weights (training only).
+        proj_drop: dropout after the output projection.
+
+    Raises:
+        ValueError: if ``num_heads`` does not divide ``dim`` or ``sr_ratio < 1``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
+        if sr_ratio < 1:
+            raise ValueError(f"sr_ratio must be at least 1, got {sr_ratio}.")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.sr_ratio = sr_ratio
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        if sr_ratio > 1:
+            self.sr: nn.Module = nn.Conv3d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm: nn.Module = nn.LayerNorm(dim)
+        else:
+            self.sr = nn.Identity()
+            self.norm = nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, spatial_shape: tuple[int, int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        if self.sr_ratio > 1:
+            x = self.norm(volume_to_tokens(self.sr(tokens_to_volume(x, spatial_shape))))
+        # (B, M, 2C) -> (2, B, heads, M, head_dim), M the reduced sequence length
+        kv = self.kv(x).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))
+
+
+class MixFFN3D(nn.Module):
+    """Mix-FFN: Linear, depthwise 3x3x3 ``Conv3d``, GELU, Linear.
+
+    The depthwise convolution leaks enough position information through its zero padding that the encoder needs no
+    positional embedding (SegFormer, Xie et al. 2021), which is why any input size works.
+
+    Shapes: ``(B, N, dim), (d, h, w) -> (B, N, dim)``.
+
+    Args:
+        dim: token width.
+        hidden_dim: width of the expansion.
+        rank: if given, both linear layers are :class:`LowRankLinear` with this rank.
+        dw_norm: optional norm after the depthwise convolution, a MONAI norm name or ``(name, kwargs)``; the public
+            SegFormer3D code uses ``"batch"``.
+        drop: dropout after the activation and after the output layer.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        rank: int | None = None,
+        dw_norm: str | tuple | None = None,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.fc1 = _linear(dim, hidden_dim, rank)
+        self.dwconv = nn.Conv3d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.dw_norm = nn.Identity() if dw_norm is None else get_norm_layer(dw_norm, 3, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = _linear(hidden_dim, dim, rank)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, spatial_shape: tuple[int, int, int]) -> torch.Tensor:
+        x = self.fc1(x)
+        x = volume_to_tokens(self.dw_norm(self.dwconv(tokens_to_volume(x, spatial_shape))))
+        x = self.drop(self.act(x))
+        return self.drop(self.fc2(x))
+
+
+class MixTransformerBlock3D(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + ffn(norm2(x))``, with stochastic depth.
+
+    Shapes: ``(B, N, dim), (d, h, w) -> (B, N, dim)``.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_ratio: Mix-FFN expansion, ``hidden = round(dim * mlp_ratio)``.
+        sr_ratio: spatial reduction of attention keys and values.
+        ffn_rank: rank of the low-rank Mix-FFN (``None``: full rank).
+        ffn_norm: optional norm inside the Mix-FFN (see :class:`MixFFN3D`).
+        qkv_bias: whether query, key and value projections have a bias.
+        drop: dropout after projections.
+        attn_drop: dropout on attention weights.
+        drop_path: stochastic-depth probability of both residual branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        sr_ratio: int = 1,
+        ffn_rank: int | None = None,
+        ffn_norm: str | tuple | None = None,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = EfficientSelfAttention3D(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MixFFN3D(dim, round(dim * mlp_ratio), ffn_rank, ffn_norm, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, spatial_shape: tuple[int, int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), spatial_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x), spatial_shape))

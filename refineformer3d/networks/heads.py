@@ -1,0 +1,265 @@
+"""Decode heads. Each takes the feature pyramid as a sequence, finest level first, and returns logits.
+
+Heads are interchangeable: they only rely on the channels of each level (``in_channels``) and on the scale between
+levels, never on a fixed number of stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+
+from refineformer3d.networks.blocks import tokens_to_volume, volume_to_tokens
+
+__all__ = ["SegFormerHead3D", "GatedFusion3D", "RefineHead3D", "space_to_depth"]
+
+
+class _TokenMLP(nn.Module):
+    """SegFormer's per-stage "MLP": a Linear on the tokens of a volume, then a LayerNorm.
+
+    Shapes: ``(B, in_channels, d, h, w) -> (B, channels, d, h, w)``.
+    """
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_channels, channels)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial_shape = (x.shape[2], x.shape[3], x.shape[4])
+        return tokens_to_volume(self.norm(self.proj(volume_to_tokens(x))), spatial_shape)
+
+
+class SegFormerHead3D(nn.Module):
+    """SegFormer's all-MLP decode head in 3D, as in the public SegFormer3D.
+
+    Each level is projected to ``channels`` by a Linear + LayerNorm and upsampled (trilinear) to the finest level;
+    the maps are concatenated coarsest first, fused by a 1x1x1 ``Conv3d`` + norm + activation, classified by a
+    1x1x1 ``Conv3d`` and upsampled trilinearly by ``scale_factor`` to the input resolution.
+
+    Shapes: ``[(B, in_channels[i], D / r_i, H / r_i, W / r_i)] -> (B, out_channels, D, H, W)`` where
+    ``r_0 = scale_factor``.
+
+    Args:
+        in_channels: channels per level, finest first.
+        out_channels: number of classes.
+        channels: width of the projections and of the fusion.
+        scale_factor: reduction of the finest level, undone by the final trilinear upsampling.
+        norm: norm of the fusion, a MONAI norm name or ``(name, kwargs)``.
+        act: activation of the fusion, a MONAI activation name or ``(name, kwargs)``.
+        dropout: dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        channels: int = 256,
+        scale_factor: int = 4,
+        norm: str | tuple = "batch",
+        act: str | tuple = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.scale_factor = float(scale_factor)
+        self.linear_c = nn.ModuleList([_TokenMLP(c, channels) for c in in_channels])
+        self.fuse = nn.Sequential(
+            nn.Conv3d(len(in_channels) * channels, channels, 1, bias=False),
+            get_norm_layer(norm, 3, channels),
+            get_act_layer(act),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Conv3d(channels, out_channels, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[2:]
+        maps: list[torch.Tensor] = []  # coarsest first, the order of the published head's concatenation
+        for i, mlp in enumerate(self.linear_c):
+            y = mlp(features[i])
+            if i > 0:
+                y = F.interpolate(y, size=size, mode="trilinear", align_corners=False)
+            maps.insert(0, y)
+        x = self.fuse(torch.cat(maps, dim=1))
+        x = self.classifier(self.dropout(x))
+        return F.interpolate(x, scale_factor=self.scale_factor, mode="trilinear", align_corners=False)
+
+
+class GatedFusion3D(nn.Module):
+    """Gated fusion of an upsampled coarse map with a finer skip, then a depthwise-separable residual refinement.
+
+    A 1x1x1 convolution of both inputs predicts a per-voxel, per-channel gate ``g`` in ``(0, 1)`` that admits the
+    skip: ``coarse + g * skip`` (an attention gate, as in Attention U-Net). The net lets fine detail in where the
+    coarse map is unsure, near boundaries, and shuts out skip activations elsewhere, while the semantic coarse path
+    passes ungated (a convex ``g * coarse + (1 - g) * skip`` halved its gradient at every level and trained
+    markedly slower). A 3x3x3 depthwise + 1x1x1 pointwise convolution then mixes the fused map with its
+    neighbourhood, at a fraction of the cost of a dense 3x3x3 convolution.
+
+    Shapes: ``(B, channels, D, H, W), (B, channels, D, H, W) -> (B, channels, D, H, W)``.
+
+    Args:
+        channels: width of both inputs and of the output.
+        norm: norm of the refinement, a MONAI norm name or ``(name, kwargs)``.
+        act: activation of the refinement, a MONAI activation name or ``(name, kwargs)``.
+    """
+
+    def __init__(
+        self, channels: int, norm: str | tuple = ("group", {"num_groups": 4}), act: str | tuple = "relu"
+    ) -> None:
+        super().__init__()
+        self.gate = nn.Conv3d(2 * channels, channels, 1)
+        self.refine = nn.Sequential(
+            nn.Conv3d(channels, channels, 3, padding=1, groups=channels, bias=False),
+            get_norm_layer(norm, 3, channels),
+            get_act_layer(act),
+            nn.Conv3d(channels, channels, 1),
+        )
+
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([coarse, skip], dim=1)))
+        x = coarse + g * skip
+        return x + self.refine(x)
+
+
+def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Fold each ``factor^3`` cell into channels: ``(B, C, D, H, W) -> (B, C * factor^3, D/f, H/f, W/f)``.
+
+    Lossless and parameter-free; the result is laid out channels-last, as the decoder's convolutions prefer.
+    """
+    b, c, d, h, w = x.shape
+    f = factor
+    x = x.reshape(b, c, d // f, f, h // f, f, w // f, f).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return x.reshape(b, d // f, h // f, w // f, c * f * f * f).permute(0, 4, 1, 2, 3)
+
+
+class RefineHead3D(nn.Module):
+    """Top-down refine decoder that ends at full resolution with a learned upsampling.
+
+    The pyramid it decodes is a convolutional ``stem`` on the image (at ``1 / stem_stride``) followed by the encoder
+    stages. Every encoder stage is projected by a light MLP (1x1x1 ``Conv3d`` + norm + activation); starting from the
+    coarsest, the running map is upsampled by a transposed convolution (kernel = stride = the scale between the two
+    levels, which also narrows it to the finer width) and merged with the finer map by :class:`GatedFusion3D`.
+    The last step to full resolution is a transposed convolution that reads the stem-level map together with the
+    image itself, folded into the stem grid by :func:`space_to_depth`: every output voxel sees the raw intensities
+    of its own cell, at no full-resolution cost besides the upsampling, an activation and the 1x1x1 classifier.
+
+    With ``deep_supervision`` a 1x1x1 ``Conv3d`` also classifies the first ``deep_supr_num`` pyramid levels (stem,
+    first stage, ...); in training mode ``forward`` then returns ``[logits, aux_1, ..., aux_k]``, finest first, the
+    layout that ``monai.losses.DeepSupervisionLoss`` expects (it resizes the target to each output itself).
+
+    Shapes: ``[(B, in_channels[i], D / r_i, H / r_i, W / r_i)], (B, image_channels, D, H, W)
+    -> (B, out_channels, D, H, W)`` with ``r_0 = reduction``.
+
+    Args:
+        in_channels: channels of each encoder stage, finest first.
+        out_channels: number of classes.
+        image_channels: channels of the input image.
+        decoder_channels: decoder width at each encoder stage, finest first.
+        refine_channels: decoder width at full resolution and at the stem.
+        scale_factors: ``scale_factors[i]`` is the size ratio of stage ``i + 1`` to stage ``i``.
+        reduction: reduction of the first encoder stage.
+        stem_stride: stride of the stem; must divide ``reduction``.
+        norm: norm of projections, stem and fusions, a MONAI norm name or ``(name, kwargs)``.
+        act: activation of projections, stem, fusions and the full-resolution map.
+        deep_supervision: build auxiliary classifiers and return them in training mode.
+        deep_supr_num: number of auxiliary classifiers.
+
+    Raises:
+        ValueError: if the per-stage sequences disagree in length, the stem does not fit the first stage, or
+            ``deep_supr_num`` does not fit the pyramid.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        image_channels: int,
+        decoder_channels: Sequence[int],
+        refine_channels: Sequence[int] = (16, 16),
+        scale_factors: Sequence[int] = (2, 2, 2),
+        reduction: int = 4,
+        stem_stride: int = 2,
+        norm: str | tuple = ("group", {"num_groups": 4}),
+        act: str | tuple = "relu",
+        deep_supervision: bool = False,
+        deep_supr_num: int = 3,
+    ) -> None:
+        super().__init__()
+        num_stages = len(in_channels)
+        if len(decoder_channels) != num_stages:
+            raise ValueError(f"decoder_channels needs one width per stage ({num_stages}), got {len(decoder_channels)}.")
+        if len(scale_factors) != num_stages - 1:
+            raise ValueError(f"scale_factors needs {num_stages - 1} values, got {len(scale_factors)}.")
+        if len(refine_channels) != 2:
+            raise ValueError(f"refine_channels needs two widths (full resolution, stem), got {list(refine_channels)}.")
+        if stem_stride < 2 or reduction % stem_stride or reduction == stem_stride:
+            raise ValueError(
+                f"stem_stride ({stem_stride}) must be at least 2 and a proper divisor of the first stage's "
+                f"reduction ({reduction})."
+            )
+        if deep_supervision and not 1 <= deep_supr_num <= num_stages:
+            raise ValueError(f"deep_supr_num must be in [1, {num_stages}], got {deep_supr_num}.")
+        full_channels, stem_channels = refine_channels
+        # pyramid levels: 0 is the stem, i + 1 is encoder stage i
+        channels = (stem_channels, *decoder_channels)
+        self.stem_stride = stem_stride
+        self.deep_supervision = deep_supervision
+        self.deep_supr_num = deep_supr_num if deep_supervision else 0
+
+        self.stem = nn.Sequential(
+            nn.Conv3d(
+                image_channels,
+                stem_channels,
+                2 * stem_stride - 1,
+                stride=stem_stride,
+                padding=stem_stride - 1,
+                bias=False,
+            ),
+            get_norm_layer(norm, 3, stem_channels),
+            get_act_layer(act),
+        )
+        self.laterals = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv3d(c_in, c, 1, bias=False), get_norm_layer(norm, 3, c), get_act_layer(act))
+                for c_in, c in zip(in_channels, decoder_channels)
+            ]
+        )
+        # ups[j] and fusions[j] are the j-th top-down step, from the coarsest level: level L - j to level L - j - 1
+        scales = (reduction // stem_stride, *scale_factors)
+        top_down = range(num_stages - 1, -1, -1)
+        self.ups = nn.ModuleList(
+            [
+                nn.ConvTranspose3d(channels[i + 1], channels[i], kernel_size=scales[i], stride=scales[i])
+                for i in top_down
+            ]
+        )
+        self.fusions = nn.ModuleList([GatedFusion3D(channels[i], norm, act) for i in top_down])
+        self.upsample = nn.ConvTranspose3d(
+            stem_channels + image_channels * stem_stride**3, full_channels, kernel_size=stem_stride, stride=stem_stride
+        )
+        self.act = get_act_layer(act)
+        self.classifier = nn.Conv3d(full_channels, out_channels, 1)
+        self.aux_heads = nn.ModuleList([nn.Conv3d(channels[i], out_channels, 1) for i in range(self.deep_supr_num)])
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        skips: list[torch.Tensor] = [self.stem(image)]  # pyramid levels, finest first
+        for i, lateral in enumerate(self.laterals):
+            skips.append(lateral(features[i]))
+        x = skips[-1]
+        keep_maps = self.training and self.deep_supervision
+        maps: list[torch.Tensor] = []  # fused maps, finest first, kept for the auxiliary classifiers
+        for j, (up, fusion) in enumerate(zip(self.ups, self.fusions)):
+            x = fusion(up(x), skips[len(skips) - 2 - j])
+            if keep_maps:
+                maps.insert(0, x)
+        x = self.upsample(torch.cat([x, space_to_depth(image, self.stem_stride)], dim=1))
+        logits = self.classifier(self.act(x))
+        if keep_maps:
+            outputs = [logits]
+            for i, head in enumerate(self.aux_heads):
+                outputs.append(head(maps[i]))
+            return outputs
+        return logits

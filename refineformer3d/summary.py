@@ -1,0 +1,264 @@
+"""Parameters, FLOPs and CPU forward time of every registered network and of MONAI's reference networks.
+
+Usage::
+
+    python -m refineformer3d.summary                      # all models, 4 x 128^3, timed, plain table
+    python -m refineformer3d.summary --markdown --repeats 5
+    python -m refineformer3d.summary --roi 96 128 64 --no-time --models refineformer3d_small segformer3d
+
+FLOP conventions (both columns count 2 FLOP per multiply-add with ``torch.utils.flop_counter.FlopCounterMode``,
+batch 1; norms, activations and interpolation are not counted):
+
+* ``GFLOP`` is the counter run during a real CPU forward. PyTorch's CPU kernel of
+  ``scaled_dot_product_attention`` has no FLOP formula, so attention inside SDPA is *not* counted; this is how the
+  SegFormer3D reference figure (25.4 GFLOP at 4 x 128^3) was measured.
+* ``GFLOP+attn`` is the counter run on the ``meta`` device, where SDPA decomposes into counted matrix products: the
+  complete count. MONAI's UNETR and SwinUNETR compute attention with explicit matmuls, so both columns agree there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from refineformer3d.networks import create_model, list_models
+
+__all__ = ["SummaryRow", "reference_models", "count_flops", "time_forward", "summary_rows", "format_table", "main"]
+
+
+@dataclass
+class SummaryRow:
+    """One line of the table; ``None`` where a value was not measured."""
+
+    name: str
+    source: str
+    params_m: float
+    gflop: float | None
+    gflop_attn: float | None
+    cpu_s: float | None
+
+
+def reference_models(
+    in_channels: int = 4, out_channels: int = 3, roi: Sequence[int] = (128, 128, 128)
+) -> dict[str, Callable[[], nn.Module]]:
+    """Factories of MONAI networks configured as in the model zoo / MONAI BraTS tutorials.
+
+    SegResNet as in the ``brats_mri_segmentation`` bundle; UNETR with its defaults (ViT-B/16, feature size 16);
+    SwinUNETR with feature size 48, as in the BraTS 2021 tutorial.
+    """
+    from monai.networks.nets import UNETR, SegResNet, SwinUNETR
+
+    return {
+        "SegResNet (MONAI)": lambda: SegResNet(
+            blocks_down=(1, 2, 2, 4),
+            blocks_up=(1, 1, 1),
+            init_filters=16,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            dropout_prob=0.2,
+        ),
+        "UNETR (MONAI)": lambda: UNETR(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            img_size=tuple(roi),
+            feature_size=16,
+            norm_name="instance",
+        ),
+        "SwinUNETR (MONAI)": lambda: SwinUNETR(
+            in_channels=in_channels, out_channels=out_channels, feature_size=48, use_checkpoint=False
+        ),
+    }
+
+
+class _AttentionSpy(TorchDispatchMode):
+    """Notes whether a fused ``scaled_dot_product_attention`` kernel ran; the counter has no CPU formula for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen = self.seen or "scaled_dot_product" in func.name()
+        return func(*args, **(kwargs or {}))
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.device = "cpu") -> tuple[float, bool]:
+    """FLOPs (2 per multiply-add) of one forward of a zero input, counted by ``FlopCounterMode``.
+
+    On ``"meta"`` no arithmetic runs, so full-size counts are instant; ``model`` must live on ``device``.
+
+    Returns:
+        The FLOPs, and whether a fused attention kernel ran (whose FLOPs are missing from a CPU count).
+    """
+    x = torch.zeros(tuple(input_shape), device=device)
+    spy = _AttentionSpy()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter, spy:
+        model(x)
+    return float(counter.get_total_flops()), spy.seen
+
+
+def time_forward(model: nn.Module, input_shape: Sequence[int], repeats: int = 3, warmup: int = 1) -> float:
+    """Best-of-``repeats`` wall time (s) of a CPU forward under ``torch.inference_mode``, after ``warmup`` runs."""
+    x = torch.randn(tuple(input_shape))
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    # the minimum is the least disturbed by other processes sharing the CPU
+    return min(times)
+
+
+def summary_rows(
+    roi: Sequence[int] = (128, 128, 128),
+    in_channels: int = 4,
+    out_channels: int = 3,
+    models: Sequence[str] | None = None,
+    include_references: bool = True,
+    measure_time: bool = True,
+    cpu_flops: bool = True,
+    repeats: int = 3,
+    threads: int | None = 2,
+) -> list[SummaryRow]:
+    """Measure every registered variant (and MONAI's references) for a ``(1, in_channels, *roi)`` input.
+
+    Args:
+        roi: spatial size of the input.
+        in_channels: input channels.
+        out_channels: classes.
+        models: names to measure (registry names or reference names); all of them by default.
+        include_references: add SegResNet, UNETR and SwinUNETR when ``models`` is ``None``.
+        measure_time: time a CPU forward (slow at 128^3).
+        cpu_flops: count FLOPs during a real CPU forward (the ``GFLOP`` column); otherwise it is ``None``.
+        repeats: timed forwards per model.
+        threads: ``torch.set_num_threads`` during the measurement (restored afterwards); ``None`` leaves it.
+
+    Returns:
+        One :class:`SummaryRow` per model, registry variants first.
+
+    Raises:
+        ValueError: for a name that is neither registered nor a reference model.
+    """
+    references = reference_models(in_channels, out_channels, roi)
+    factories: dict[str, tuple[str, Callable[[], nn.Module]]] = {}
+    for name in list_models():
+        factories[name] = (
+            "refineformer3d",
+            lambda n=name: create_model(n, in_channels=in_channels, out_channels=out_channels),
+        )
+    for name, factory in references.items():
+        factories[name] = ("MONAI", factory)
+    if models is None:
+        names = list_models() + (list(references) if include_references else [])
+    else:
+        unknown = [n for n in models if n not in factories]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; known: {', '.join(factories)}.")
+        names = list(models)
+
+    input_shape = (1, in_channels, *roi)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    rows = []
+    try:
+        for name in names:
+            source, factory = factories[name]
+            try:
+                model = factory().eval()
+            except ImportError as err:  # UNETR and SwinUNETR need MONAI's optional einops
+                warnings.warn(f"skipping {name}: {err}", stacklevel=2)
+                continue
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            gflop, fused_attention = None, True
+            if cpu_flops:
+                flops, fused_attention = count_flops(model, input_shape)
+                gflop = flops / 1e9
+            try:
+                with torch.device("meta"):
+                    meta_model = factory().eval()
+                gflop_attn: float | None = count_flops(meta_model, input_shape, device="meta")[0] / 1e9
+            except (NotImplementedError, RuntimeError):  # e.g. SwinUNETR calls .item(), impossible on meta
+                # without a fused attention kernel the CPU count is already complete
+                gflop_attn = None if fused_attention else gflop
+            cpu_s = time_forward(model, input_shape, repeats) if measure_time else None
+            rows.append(SummaryRow(name, source, params, gflop, gflop_attn, cpu_s))
+            del model
+    finally:
+        torch.set_num_threads(previous_threads)
+    if models is None:  # variants from smallest to largest, references after them
+        rows.sort(key=lambda r: (r.source != "refineformer3d", r.params_m if r.source == "refineformer3d" else 0))
+    return rows
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def format_table(rows: Sequence[SummaryRow], markdown: bool = True) -> str:
+    """Render rows as a markdown (or plain, aligned) table."""
+    header = ["model", "params (M)", "GFLOP", "GFLOP+attn", "CPU forward (s)"]
+    body = [[r.name, _fmt(r.params_m, 3), _fmt(r.gflop, 2), _fmt(r.gflop_attn, 2), _fmt(r.cpu_s, 3)] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        for cells in [header, *body]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """Command-line entry point; prints and returns the table."""
+    parser = argparse.ArgumentParser(prog="python -m refineformer3d.summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--roi", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"))
+    parser.add_argument("--in_channels", type=int, default=4)
+    parser.add_argument("--out_channels", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per model (best is reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-time", dest="measure_time", action="store_false", help="skip CPU timing")
+    parser.add_argument("--no-references", dest="references", action="store_false", help="skip MONAI's networks")
+    parser.add_argument("--models", nargs="+", default=None, help="names to measure (default: all)")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = parser.parse_args(argv)
+
+    rows = summary_rows(
+        roi=args.roi,
+        in_channels=args.in_channels,
+        out_channels=args.out_channels,
+        models=args.models,
+        include_references=args.references,
+        measure_time=args.measure_time,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+    roi = "x".join(str(s) for s in args.roi)
+    notes = (
+        f"Input 1x{args.in_channels}x{roi}, {args.out_channels} classes, torch {torch.__version__}, "
+        f"{args.threads} CPU threads. FLOPs: torch.utils.flop_counter.FlopCounterMode, 2 FLOP per multiply-add. "
+        "GFLOP: counted in a CPU forward (PyTorch's CPU scaled_dot_product_attention is not counted, as in the "
+        "SegFormer3D reference figure); GFLOP+attn: counted on the meta device, attention included. "
+        f"CPU forward: best of {args.repeats} under torch.inference_mode after one warm-up."
+    )
+    table = format_table(rows, markdown=args.markdown)
+    text = f"{table}\n\n{notes}"
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The two label schemes and prediction-to-label conversion, on hand-made label maps."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.losses import DiceCELoss, DiceLoss
+from monai.transforms import (
+    Compose,
+    ConvertToMultiChannelBasedOnBratsClasses,
+    EnsureChannelFirstd,
+    LoadImaged,
+    SaveImaged,
+)
+
+from refineformer3d.data import BratsLabelsFromPredictiond, ConvertBratsLabelsd
+
+# One voxel of each part, per convention: background, necrosis/non-enhancing, edema, enhancing.
+RAW = {"brats": [0, 1, 2, 4], "brats2023": [0, 1, 2, 3], "msd": [0, 2, 1, 3]}
+CLASSES = [0, 1, 2, 1]  # background, core, edema, core
+REGIONS = [
+    [0, 1, 0, 1],  # TC: necrosis + enhancing
+    [0, 1, 1, 1],  # WT: everything
+    [0, 0, 0, 1],
+]  # ET: enhancing
+
+
+def label_map(convention: str, dtype=np.uint8) -> np.ndarray:
+    """(1, 2, 2, 4): the four parts along the last axis, repeated."""
+    return np.broadcast_to(np.array(RAW[convention], dtype=dtype), (1, 2, 2, 4)).copy()
+
+
+def meta_label(values: np.ndarray, filename: str = "case_seg.nii.gz") -> MetaTensor:
+    affine = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0]))
+    return MetaTensor(torch.as_tensor(values, dtype=torch.float32), affine=affine, meta={"filename_or_obj": filename})
+
+
+@pytest.mark.parametrize("convention", sorted(RAW))
+def test_classes(convention):
+    out = ConvertBratsLabelsd("label", convention=convention)({"label": label_map(convention)})["label"]
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (1, 2, 2, 4)
+    np.testing.assert_array_equal(out[0, 0, 0], CLASSES)
+
+
+@pytest.mark.parametrize("convention", sorted(RAW))
+def test_regions(convention):
+    label = meta_label(label_map(convention))
+    out = ConvertBratsLabelsd("label", scheme="regions", convention=convention)({"label": label})["label"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32 and out.shape == (3, 2, 2, 4)
+    np.testing.assert_array_equal(out[:, 0, 0].numpy(), REGIONS)
+    assert out.meta["filename_or_obj"] == "case_seg.nii.gz"
+    torch.testing.assert_close(out.affine, label.affine)
+
+
+def test_regions_agree_with_monai_for_brats_labels():
+    rng = np.random.default_rng(0)
+    label = rng.choice([0, 1, 2, 4], size=(1, 6, 6, 6)).astype(np.float32)
+    ours = ConvertBratsLabelsd("label", scheme="regions")({"label": label})["label"]
+    np.testing.assert_array_equal(ours, ConvertToMultiChannelBasedOnBratsClasses()(label).astype(np.float32))
+
+
+def test_classes_keep_meta_and_dtype():
+    label = meta_label(label_map("brats"))
+    out = ConvertBratsLabelsd("label")({"label": label})["label"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32
+    assert out.meta["filename_or_obj"] == "case_seg.nii.gz"
+    np.testing.assert_array_equal(out[0, 0, 0].numpy(), CLASSES)
+
+
+@pytest.mark.parametrize(("convention", "bad"), [("brats", 3), ("brats2023", 4), ("msd", 4), ("brats", 1.5)])
+def test_values_outside_the_convention(convention, bad):
+    label = meta_label(np.array([[[[0, 1, bad]]]]), filename="/data/Brats17_X_1_seg.nii.gz")
+    with pytest.raises(ValueError, match=rf"label 'label' \(/data/Brats17_X_1_seg.nii.gz\): values \[{bad}"):
+        ConvertBratsLabelsd("label", convention=convention)({"label": label})
+
+
+def test_file_named_from_a_meta_dict():
+    data = {"label": np.array([[[7]]]), "label_meta_dict": {"filename_or_obj": "x_seg.nii.gz"}}
+    with pytest.raises(ValueError, match=r"x_seg.nii.gz\): values \[7\]"):
+        ConvertBratsLabelsd("label")(data)
+
+
+def test_bad_arguments_and_shapes():
+    with pytest.raises(ValueError, match="unknown scheme 'onehot'"):
+        ConvertBratsLabelsd("label", scheme="onehot")
+    with pytest.raises(ValueError, match="unknown label convention 'brats2019'"):
+        ConvertBratsLabelsd("label", convention="brats2019")
+    with pytest.raises(ValueError, match="unknown scheme"):
+        BratsLabelsFromPredictiond("pred", scheme="softmax")
+    with pytest.raises(ValueError, match="one channel first"):
+        ConvertBratsLabelsd("label")({"label": np.zeros((2, 4, 4, 4), dtype=np.uint8)})
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        BratsLabelsFromPredictiond("pred")({"pred": torch.zeros(2, 4, 4, 4)})
+    assert ConvertBratsLabelsd("label", allow_missing_keys=True)({"image": 1}) == {"image": 1}
+
+
+def test_losses_accept_the_outputs():
+    logits = torch.randn(1, 3, 2, 2, 4)
+    classes = ConvertBratsLabelsd("label")({"label": meta_label(label_map("brats"))})["label"]
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)(logits, classes[None])
+    regions = ConvertBratsLabelsd("label", scheme="regions")({"label": meta_label(label_map("brats"))})["label"]
+    assert torch.isfinite(loss) and torch.isfinite(DiceLoss(sigmoid=True)(logits, regions[None]))
+
+
+def test_prediction_classes_argmax():
+    pred = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.1, 0.2, 0.7]]).T.reshape(3, 1, 1, 3)
+    out = BratsLabelsFromPredictiond("pred")({"pred": MetaTensor(pred, meta={"filename_or_obj": "p.nii.gz"})})["pred"]
+    assert out.shape == (1, 1, 1, 3) and out.flatten().tolist() == [0, 1, 2]
+    assert out.meta["filename_or_obj"] == "p.nii.gz"
+
+
+def test_prediction_regions_nested_by_union():
+    # Voxels: nothing, WT only, TC+WT, ET+TC+WT, ET alone (counted as enhancing), TC alone (necrosis).
+    tc = [0.1, 0.1, 0.9, 0.9, 0.1, 0.9]
+    wt = [0.1, 0.9, 0.9, 0.9, 0.1, 0.1]
+    et = [0.1, 0.1, 0.1, 0.9, 0.9, 0.1]
+    pred = torch.tensor([tc, wt, et]).reshape(3, 1, 1, 6)
+    out = BratsLabelsFromPredictiond("pred", scheme="regions")({"pred": pred})["pred"]
+    assert out.shape == (1, 1, 1, 6) and out.flatten().tolist() == [0, 2, 1, 4, 4, 1]
+    out = BratsLabelsFromPredictiond("pred", scheme="regions", convention="brats2023", threshold=0.95)({"pred": pred})
+    assert out["pred"].flatten().tolist() == [0] * 6
+    out = BratsLabelsFromPredictiond("pred", scheme="regions", convention="brats2023")({"pred": pred.numpy()})
+    assert isinstance(out["pred"], np.ndarray) and out["pred"].flatten().tolist() == [0, 2, 1, 3, 3, 1]
+
+
+@pytest.mark.parametrize("convention", sorted(RAW))
+def test_regions_round_trip(convention):
+    rng = np.random.default_rng(1)
+    label = rng.choice(RAW[convention], size=(1, 5, 5, 5)).astype(np.float32)
+    regions = ConvertBratsLabelsd("label", scheme="regions", convention=convention)({"label": label})["label"]
+    back = BratsLabelsFromPredictiond("pred", scheme="regions", convention=convention)({"pred": regions})["pred"]
+    np.testing.assert_array_equal(back, label)
+
+
+def test_prediction_can_be_saved_with_the_image_geometry(tmp_path):
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.int16), affine), tmp_path / "study_flair.nii.gz")
+    image = Compose([LoadImaged("image"), EnsureChannelFirstd("image")])({"image": tmp_path / "study_flair.nii.gz"})
+    pred = image["image"].repeat(3, 1, 1, 1) * 0.0
+    pred[1] = 1.0  # whole tumour everywhere
+    out = BratsLabelsFromPredictiond("pred", scheme="regions")({"pred": pred})
+    SaveImaged("pred", output_dir=tmp_path / "out", output_postfix="seg", separate_folder=False, output_dtype=np.uint8)(
+        out
+    )
+    saved = nib.load(tmp_path / "out" / "study_flair_seg.nii.gz")
+    np.testing.assert_array_equal(saved.affine, affine)
+    assert np.unique(np.asanyarray(saved.dataobj)).tolist() == [2]

@@ -1,0 +1,48 @@
+"""Tests of ``python -m refineformer3d.summary`` on small inputs and a few models."""
+
+from __future__ import annotations
+
+import pytest
+
+from refineformer3d.summary import SummaryRow, format_table, main, summary_rows
+
+ROI = (32, 32, 32)
+
+
+def test_summary_rows_parameters_and_flops():
+    rows = summary_rows(roi=ROI, models=["refineformer3d_tiny", "segformer3d"], measure_time=False)
+    assert [r.name for r in rows] == ["refineformer3d_tiny", "segformer3d"]
+    tiny, segformer = rows
+    assert tiny.params_m <= 1.0 and segformer.params_m == pytest.approx(4.51, rel=0.01)
+    # the CPU count leaves out fused attention, the meta count does not
+    assert 0 < tiny.gflop < tiny.gflop_attn
+    assert segformer.gflop * 64 == pytest.approx(25.4, rel=0.01)  # 32^3 is 1/64 of 128^3
+    assert tiny.cpu_s is None
+
+
+def test_summary_rows_time_and_reference_model():
+    rows = summary_rows(roi=(64, 64, 64), models=["SegResNet (MONAI)"], repeats=1, cpu_flops=False)
+    (row,) = rows
+    assert row.source == "MONAI" and row.params_m == pytest.approx(4.70, rel=0.01)
+    assert row.gflop is None and row.gflop_attn > 0 and row.cpu_s > 0
+
+
+def test_unknown_model_is_a_value_error():
+    with pytest.raises(ValueError, match="segformer3d"):
+        summary_rows(roi=ROI, models=["nnunet"], measure_time=False)
+
+
+def test_format_table_markdown_and_plain():
+    rows = [SummaryRow("net", "refineformer3d", 1.23456, 2.5, None, 0.1)]
+    markdown = format_table(rows, markdown=True).splitlines()
+    assert markdown[0].startswith("| model | params (M) | GFLOP")
+    assert markdown[2] == "| net | 1.235 | 2.50 | - | 0.100 |"
+    plain = format_table(rows, markdown=False).splitlines()
+    assert plain[1].split() == ["net", "1.235", "2.50", "-", "0.100"]
+
+
+def test_command_line(capsys):
+    text = main(["--roi", *map(str, ROI), "--no-time", "--markdown", "--models", "refineformer3d_tiny"])
+    printed = capsys.readouterr().out
+    assert "| refineformer3d_tiny |" in printed and printed.strip() == text.strip()
+    assert "FlopCounterMode" in printed and "1x4x32x32x32" in printed
