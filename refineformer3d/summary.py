@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from refineformer3d.networks import create_model, list_models
 
-__all__ = ["SummaryRow", "reference_models", "count_flops", "time_forward", "summary_rows", "format_table", "main"]
+__all__ = ["SummaryRow", "reference_models", "count_flops", "time_forward", "time_sliding_window", "summary_rows", "format_table", "main"]
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SummaryRow:
     gflop: float | None
     gflop_attn: float | None
     cpu_s: float | None
+    window_s: float | None = None
 
 
 def reference_models(
@@ -121,6 +122,23 @@ def time_forward(model: nn.Module, input_shape: Sequence[int], repeats: int = 3,
     return min(times)
 
 
+def time_sliding_window(
+    model: nn.Module, volume_shape: Sequence[int], roi: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 1
+) -> float:
+    """Wall time (s) of one whole-volume sliding-window inference on the CPU, as the bundle's inferer runs it.
+
+    ``volume_shape`` is ``(B, C, D, H, W)``; windows of ``roi`` with ``overlap`` and Gaussian blending.
+    """
+    from monai.inferers import SlidingWindowInferer
+
+    inferer = SlidingWindowInferer(roi_size=tuple(roi), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+    x = torch.randn(tuple(volume_shape))
+    with torch.inference_mode():
+        start = time.perf_counter()
+        inferer(x, model)
+        return time.perf_counter() - start
+
+
 def summary_rows(
     roi: Sequence[int] = (128, 128, 128),
     in_channels: int = 4,
@@ -131,6 +149,7 @@ def summary_rows(
     cpu_flops: bool = True,
     repeats: int = 3,
     threads: int | None = 2,
+    volume: Sequence[int] | None = None,
 ) -> list[SummaryRow]:
     """Measure every registered variant (and MONAI's references) for a ``(1, in_channels, *roi)`` input.
 
@@ -144,6 +163,8 @@ def summary_rows(
         cpu_flops: count FLOPs during a real CPU forward (the ``GFLOP`` column); otherwise it is ``None``.
         repeats: timed forwards per model.
         threads: ``torch.set_num_threads`` during the measurement (restored afterwards); ``None`` leaves it.
+        volume: also time a whole-volume sliding window (windows of ``roi``, overlap 0.5) over a volume of this
+            spatial size, e.g. BraTS's ``(240, 240, 155)``.
 
     Returns:
         One :class:`SummaryRow` per model, registry variants first.
@@ -194,7 +215,8 @@ def summary_rows(
                 # without a fused attention kernel the CPU count is already complete
                 gflop_attn = None if fused_attention else gflop
             cpu_s = time_forward(model, input_shape, repeats) if measure_time else None
-            rows.append(SummaryRow(name, source, params, gflop, gflop_attn, cpu_s))
+            window_s = time_sliding_window(model, (1, in_channels, *volume), roi) if volume else None
+            rows.append(SummaryRow(name, source, params, gflop, gflop_attn, cpu_s, window_s))
             del model
     finally:
         torch.set_num_threads(previous_threads)
@@ -211,6 +233,10 @@ def format_table(rows: Sequence[SummaryRow], markdown: bool = True) -> str:
     """Render rows as a markdown (or plain, aligned) table."""
     header = ["model", "params (M)", "GFLOP", "GFLOP+attn", "CPU forward (s)"]
     body = [[r.name, _fmt(r.params_m, 3), _fmt(r.gflop, 2), _fmt(r.gflop_attn, 2), _fmt(r.cpu_s, 3)] for r in rows]
+    if any(r.window_s is not None for r in rows):
+        header.append("CPU sliding window (s)")
+        for cells, r in zip(body, rows):
+            cells.append(_fmt(r.window_s, 1))
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -234,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--no-references", dest="references", action="store_false", help="skip MONAI's networks")
     parser.add_argument("--models", nargs="+", default=None, help="names to measure (default: all)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--volume", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+        help="also time a whole-volume sliding window (windows of --roi, overlap 0.5), e.g. 240 240 155",
+    )
     args = parser.parse_args(argv)
 
     rows = summary_rows(
@@ -245,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         measure_time=args.measure_time,
         repeats=args.repeats,
         threads=args.threads,
+        volume=args.volume,
     )
     roi = "x".join(str(s) for s in args.roi)
     notes = (
@@ -254,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         "SegFormer3D reference figure); GFLOP+attn: counted on the meta device, attention included. "
         f"CPU forward: best of {args.repeats} under torch.inference_mode after one warm-up."
     )
+    if args.volume:
+        notes += (
+            f" CPU sliding window: one whole {'x'.join(map(str, args.volume))} volume, windows of {roi}, "
+            "overlap 0.5, Gaussian blending, 1 window per batch."
+        )
     table = format_table(rows, markdown=args.markdown)
     text = f"{table}\n\n{notes}"
     print(text)

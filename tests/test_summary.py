@@ -46,3 +46,12 @@ def test_command_line(capsys):
     printed = capsys.readouterr().out
     assert "| refineformer3d_tiny |" in printed and printed.strip() == text.strip()
     assert "FlopCounterMode" in printed and "1x4x32x32x32" in printed
+
+
+def test_sliding_window_column(capsys):
+    text = main(["--roi", *map(str, ROI), "--no-time", "--markdown", "--models", "refineformer3d_tiny",
+                 "--volume", "48", "40", "36"])
+    header, _, row = text.splitlines()[:3]
+    assert header.endswith("| CPU sliding window (s) |")
+    assert float(row.split("|")[-2]) > 0
+    assert "one whole 48x40x36 volume" in text
