@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 
 from monai.data import NibabelWriter
@@ -51,7 +51,8 @@ class AtomicNibabelWriter(NibabelWriter):
 
     nibabel writes the target in place, so an interrupted run would leave a truncated ``.nii.gz`` that
     looks like a result. This writer saves to a temporary file in the same folder (same file system, so
-    the final ``os.replace`` is atomic) and refuses to replace a file that the study was read from.
+    the final ``os.replace`` is atomic), and refuses to replace an existing file in the folder the study was read
+    from (a BraTS case folder holds its label as ``<case>_seg.nii.gz``, the name inference would write).
     """
 
     def set_metadata(self, meta_dict=None, resample: bool = True, **options):
@@ -63,11 +64,16 @@ class AtomicNibabelWriter(NibabelWriter):
         target.parent.mkdir(parents=True, exist_ok=True)
         sources = getattr(self, "_sources", None)
         for source in sources if isinstance(sources, (list, tuple)) else [sources]:
-            if source and target.exists() and os.path.samefile(target, str(source)):
-                raise ValueError(f"refusing to overwrite the input file {source}; choose another output_dir.")
+            # Beside its inputs a study's output name can be an input too: BraTS keeps <case>_seg.nii.gz there.
+            if source and target.exists() and Path(source).parent.exists():
+                if target.parent.samefile(Path(source).parent):
+                    raise ValueError(
+                        f"refusing to overwrite {target}, which lies beside the study's input files; "
+                        "choose another output_dir."
+                    )
         suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-        os.close(fd)
+        # A fresh name rather than mkstemp: nibabel creates the file, so it gets the usual umask permissions.
+        tmp = str(target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{suffix}")
         try:
             super().write(tmp, verbose=verbose, **obj_kwargs)
             os.replace(tmp, target)
