@@ -49,3 +49,17 @@ def test_validation_pipeline_keeps_whole_normalised_brain(tiny_brats):
     assert np.allclose(np.abs(np.diag(image.affine[:3, :3].numpy())), 1.0)
     assert torch.all(torch.diag(image.affine[:3, :3]) > 0)
     assert set(torch.unique(label).tolist()) <= {0.0, 1.0, 2.0}
+
+
+def test_dataset_is_checked_on_start_unless_switched_off(tiny_brats, tmp_path):
+    import shutil
+
+    data = tmp_path / "brats"
+    shutil.copytree(tiny_brats, data)
+    flair = sorted(data.glob("Brats17TrainingData/*/*/*_flair.nii.gz"))[0]
+    flair.write_bytes(flair.read_bytes()[:200])  # a truncated download
+    with pytest.raises(RuntimeError) as failure:
+        _parser(data).get_parsed_content("datalist")
+    assert flair.name in str(failure.value.__cause__) and "truncated" in str(failure.value.__cause__)
+    datalist = _parser(data, verify_dataset=False).get_parsed_content("datalist")
+    assert len(datalist["training"]) > 0
