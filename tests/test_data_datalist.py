@@ -478,3 +478,19 @@ def test_truncated_gzip_is_really_truncated(tmp_path):
     corrupt_truncated(root)
     with pytest.raises(EOFError), gzip.open(first_case(root) / "Brats17_TCIA_000_1_flair.nii.gz") as handle:
         handle.read()
+
+
+def test_entries_carry_their_convention_for_configs_that_swap_the_entries(tmp_path):
+    from refineformer3d.data import label_convention_of
+
+    datalist = load_datalist(make_msd(tmp_path), val_fraction=0.25, test_fraction=0.25, seed=0)
+    assert {e["label_convention"] for e in datalist["training"] + datalist["validation"]} == {"msd"}
+    assert all("label_convention" not in e for e in datalist["testing"] if "label" not in e)
+    assert label_convention_of(datalist["training"]) == "msd"
+    # MONAI Label hands over bare {"image", "label"} entries: the BraTS convention, which also reads 0/1/2 labels.
+    assert label_convention_of([{"image": "a", "label": "b"}]) == "brats"
+    assert label_convention_of([], default="brats2023") == "brats2023"
+    with pytest.raises(ValueError, match="mix label conventions"):
+        label_convention_of([{"label_convention": "msd"}, {"label_convention": "brats"}])
+    with pytest.raises(ValueError, match="unknown label_convention"):
+        label_convention_of([{"label_convention": "nnunet"}])

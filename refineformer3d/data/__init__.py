@@ -17,13 +17,16 @@ _EXPORTS = {
     "build_datalist": "datalist",
     "detect_layout": "datalist",
     "find_studies": "datalist",
+    "label_convention_of": "datalist",
     "load_datalist": "datalist",
     "write_datalist": "datalist",
+    "write_studies": "studies",
     "ensure_dataset": "synthetic",
     "make_case": "synthetic",
     "make_dataset": "synthetic",
     "BratsLabelsFromPredictiond": "transforms",
     "ConvertBratsLabelsd": "transforms",
+    "PathSafeSpacingd": "transforms",
 }
 __all__ = list(_EXPORTS)
 
@@ -36,11 +39,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         build_datalist,
         detect_layout,
         find_studies,
+        label_convention_of,
         load_datalist,
         write_datalist,
     )
+    from .studies import write_studies  # noqa: F401
     from .synthetic import ensure_dataset, make_case, make_dataset  # noqa: F401
-    from .transforms import BratsLabelsFromPredictiond, ConvertBratsLabelsd  # noqa: F401
+    from .transforms import BratsLabelsFromPredictiond, ConvertBratsLabelsd, PathSafeSpacingd  # noqa: F401
 
 
 def __getattr__(name: str):

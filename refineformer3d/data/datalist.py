@@ -58,6 +58,7 @@ __all__ = [
     "write_datalist",
     "load_datalist",
     "find_studies",
+    "label_convention_of",
     "main",
 ]
 
@@ -538,7 +539,38 @@ def load_datalist(source: str | os.PathLike, split: str | None = None, **build_k
         datalist = _load_json(path)
     else:
         raise DatasetError([f"{path} does not exist; expected a dataset folder or a datalist JSON"])
+    # Each labelled entry names its convention too, so a config can take the convention from the entries it trains
+    # on (see label_convention_of) and a caller that swaps the entries (MONAI Label) needs no dataset folder.
+    for name in SPLITS:
+        for entry in datalist[name]:
+            if "label" in entry:
+                entry.setdefault("label_convention", datalist["label_convention"])
     return datalist if split is None else datalist[split]
+
+
+def label_convention_of(entries: Sequence[Mapping], default: str = "brats") -> str:
+    """The label convention shared by datalist entries.
+
+    Entries from :func:`load_datalist` carry ``label_convention``; entries without it (as MONAI Label's datastore
+    hands them over) follow ``default``.
+
+    Args:
+        entries: datalist entries (dicts with ``image`` and ``label``).
+        default: the convention of entries that do not name one.
+
+    Returns:
+        The convention.
+
+    Raises:
+        DatasetError: when entries name different conventions or an unknown one.
+    """
+    conventions = {str(e.get("label_convention", default)) for e in entries} or {default}
+    unknown = sorted(conventions - set(LABEL_CONVENTIONS))
+    if unknown:
+        raise DatasetError([f"unknown label_convention {unknown}; expected one of {sorted(LABEL_CONVENTIONS)}"])
+    if len(conventions) > 1:
+        raise DatasetError([f"entries mix label conventions {sorted(conventions)}; train on one convention at a time"])
+    return conventions.pop()
 
 
 def _study_file(path: Path) -> dict:

@@ -1,4 +1,5 @@
-"""BraTS label transforms that MONAI lacks: convention-aware label schemes and prediction-to-label conversion.
+"""BraTS label transforms that MONAI lacks (convention-aware label schemes, prediction-to-label conversion), and a
+resampling transform that runs under MONAI Label.
 
 Label schemes:
 
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import AsDiscrete, ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform
+from monai.transforms import AsDiscrete, ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform, Spacingd
 from monai.utils import PostFix, convert_to_dst_type
 
 from .datalist import LABEL_CONVENTIONS
 
-__all__ = ["SCHEMES", "ConvertBratsLabelsd", "BratsLabelsFromPredictiond"]
+__all__ = ["SCHEMES", "ConvertBratsLabelsd", "BratsLabelsFromPredictiond", "PathSafeSpacingd"]
 
 SCHEMES = ("classes", "regions")
 
@@ -167,3 +168,25 @@ class BratsLabelsFromPredictiond(MapTransform):
         label = label + et * (self.region_values[2] - label)
         out, *_ = convert_to_dst_type(label[None], dst=pred)
         return out
+
+
+class PathSafeSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` that leaves non-metadata entries named ``<key>_*`` alone.
+
+    MONAI 1.6's ``Spacingd`` copies a NIfTI image's metadata into every entry whose name starts with ``<key>_``,
+    expecting metadata dicts. MONAI Label puts the study's path in ``image_path`` (a string), so plain ``Spacingd``
+    fails there with "'str' object has no attribute 'update'". This moves such entries aside for the call; the
+    resampling, its metadata and its inverse are MONAI's.
+    """
+
+    def __call__(self, data, lazy: bool | None = None):
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], Mapping)
+        }
+        d = super().__call__(d, lazy=lazy)
+        d.update(aside)
+        return d
