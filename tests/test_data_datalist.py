@@ -484,13 +484,13 @@ def test_entries_carry_their_convention_for_configs_that_swap_the_entries(tmp_pa
     from refineformer3d.data import label_convention_of
 
     datalist = load_datalist(make_msd(tmp_path), val_fraction=0.25, test_fraction=0.25, seed=0)
-    assert {e["label_convention"] for e in datalist["training"] + datalist["validation"]} == {"msd"}
-    assert all("label_convention" not in e for e in datalist["testing"] if "label" not in e)
+    assert {e["convention"] for e in datalist["training"] + datalist["validation"]} == {"msd"}
+    assert all("convention" not in e for e in datalist["testing"] if "label" not in e)
     assert label_convention_of(datalist["training"]) == "msd"
     # MONAI Label hands over bare {"image", "label"} entries: the BraTS convention, which also reads 0/1/2 labels.
     assert label_convention_of([{"image": "a", "label": "b"}]) == "brats"
     assert label_convention_of([], default="brats2023") == "brats2023"
     with pytest.raises(ValueError, match="mix label conventions"):
-        label_convention_of([{"label_convention": "msd"}, {"label_convention": "brats"}])
+        label_convention_of([{"convention": "msd"}, {"convention": "brats"}])
     with pytest.raises(ValueError, match="unknown label_convention"):
-        label_convention_of([{"label_convention": "nnunet"}])
+        label_convention_of([{"convention": "nnunet"}])

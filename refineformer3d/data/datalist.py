@@ -540,19 +540,20 @@ def load_datalist(source: str | os.PathLike, split: str | None = None, **build_k
     else:
         raise DatasetError([f"{path} does not exist; expected a dataset folder or a datalist JSON"])
     # Each labelled entry names its convention too, so a config can take the convention from the entries it trains
-    # on (see label_convention_of) and a caller that swaps the entries (MONAI Label) needs no dataset folder.
+    # on (see label_convention_of) and a caller that swaps the entries (MONAI Label) needs no dataset folder. The key
+    # is not "label_convention": MONAI's Spacingd treats every "label_*" entry as the label's metadata dict.
     for name in SPLITS:
         for entry in datalist[name]:
             if "label" in entry:
-                entry.setdefault("label_convention", datalist["label_convention"])
+                entry.setdefault("convention", datalist["label_convention"])
     return datalist if split is None else datalist[split]
 
 
 def label_convention_of(entries: Sequence[Mapping], default: str = "brats") -> str:
     """The label convention shared by datalist entries.
 
-    Entries from :func:`load_datalist` carry ``label_convention``; entries without it (as MONAI Label's datastore
-    hands them over) follow ``default``.
+    Entries from :func:`load_datalist` carry ``convention``; entries without it (as MONAI Label's datastore hands
+    them over) follow ``default``.
 
     Args:
         entries: datalist entries (dicts with ``image`` and ``label``).
@@ -564,7 +565,7 @@ def label_convention_of(entries: Sequence[Mapping], default: str = "brats") -> s
     Raises:
         DatasetError: when entries name different conventions or an unknown one.
     """
-    conventions = {str(e.get("label_convention", default)) for e in entries} or {default}
+    conventions = {str(e.get("convention", default)) for e in entries} or {default}
     unknown = sorted(conventions - set(LABEL_CONVENTIONS))
     if unknown:
         raise DatasetError([f"unknown label_convention {unknown}; expected one of {sorted(LABEL_CONVENTIONS)}"])

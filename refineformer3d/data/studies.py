@@ -85,7 +85,7 @@ def write_studies(
         written.append(path)
         if labels and "label" in entry:
             label = nib.load(entry["label"])
-            values = _classes(np.asanyarray(label.dataobj), entry.get("label_convention", datalist["label_convention"]))
+            values = _classes(np.asanyarray(label.dataobj), entry.get("convention", datalist["label_convention"]))
             target = nib.Nifti1Image(values, label.affine, label.header)
             target.header.set_data_dtype(np.uint8)
             _save(target, output / "labels" / "final" / path.name)
