@@ -148,3 +148,25 @@ def test_prediction_can_be_saved_with_the_image_geometry(tmp_path):
     saved = nib.load(tmp_path / "out" / "study_flair_seg.nii.gz")
     np.testing.assert_array_equal(saved.affine, affine)
     assert np.unique(np.asanyarray(saved.dataobj)).tolist() == [2]
+
+
+def test_path_safe_spacingd_is_spacingd_with_monai_label_keys(tmp_path):
+    """MONAI Label adds image_path (a string) to the data; Spacingd's result, metadata and inverse stay MONAI's."""
+    from monai.transforms import Spacingd
+
+    from refineformer3d.data import PathSafeSpacingd
+
+    affine = np.diag([2.0, 1.0, 1.5, 1.0])
+    path = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 10, 6, 4)).astype(np.float32), affine), path)
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
+    safe = PathSafeSpacingd("image", pixdim=(1.0, 1.0, 1.0))
+    reference = Spacingd("image", pixdim=(1.0, 1.0, 1.0))(load({"image": str(path)}))["image"]
+
+    out = safe({**load({"image": str(path)}), "image_path": str(path)})
+    assert out["image_path"] == str(path)
+    assert out["image"].shape == reference.shape == (4, 15, 10, 8)
+    torch.testing.assert_close(out["image"].affine, reference.affine)
+    torch.testing.assert_close(out["image"].as_tensor(), reference.as_tensor())
+    restored = safe.inverse(out)
+    assert restored["image"].shape == (4, 8, 10, 6) and restored["image_path"] == str(path)
