@@ -1,0 +1,173 @@
+"""The shipped weights exported with MONAI's bundle commands (TorchScript, ONNX) and quantised to INT8 give the
+segmentation PyTorch gives, on a full-size study none of them was trained on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS, REPO
+
+MODEL = REPO / "bundle" / "models" / "model.pt"
+ROI = [128, 128, 128]
+ONNX_KWARGS = {
+    "input_names": ["image"],
+    "output_names": ["pred"],
+    "dynamic_axes": {"image": {0: "batch"}, "pred": {0: "batch"}},
+    "opset_version": 17,
+    "dynamo": False,
+}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from refineformer3d.data import make_dataset
+
+    # Seed 7: a study the shipped weights (trained on seed-0 data) never saw.
+    root = make_dataset(tmp_path_factory.mktemp("study"), cases=1, validation_cases=0, seed=7)
+    return next((root / "Brats17TrainingData").glob("*/*"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from monai.bundle import ckpt_export, onnx_export
+
+    from refineformer3d.onnx import quantize
+
+    out = tmp_path_factory.mktemp("export")
+    common = {
+        "net_id": "network_def",
+        "ckpt_file": str(MODEL),
+        "config_file": str(CONFIGS / "inference.json"),
+        "meta_file": str(CONFIGS / "metadata.json"),
+        "input_shape": [1, 4, *ROI],
+        "use_trace": True,
+    }
+    ckpt_export(filepath=str(out / "model.ts"), **common)
+    onnx_export(filepath=str(out / "model.onnx"), converter_kwargs=dict(ONNX_KWARGS), **common)
+    quantize(out / "model.onnx", out / "model_int8.onnx", mode="dynamic")
+    return out
+
+
+@pytest.fixture(scope="module")
+def networks(exported):
+    from monai.bundle import ConfigParser
+
+    from refineformer3d.onnx import OnnxRuntimeNetwork
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(MODEL, map_location="cpu", weights_only=True))
+    return {
+        "pytorch": network.eval(),
+        "torchscript": torch.jit.load(str(exported / "model.ts"), map_location="cpu").eval(),
+        "onnx": OnnxRuntimeNetwork(exported / "model.onnx"),
+        "onnx_int8": OnnxRuntimeNetwork(exported / "model_int8.onnx"),
+    }
+
+
+@pytest.fixture(scope="module")
+def logits(networks, study):
+    """Sliding-window logits of each network on the preprocessed study, as inference.json computes them."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    from refineformer3d.data import find_studies
+
+    (entry,) = find_studies(study)  # the four files in FLAIR, T1, T1ce, T2 order
+    image = parser.get_parsed_content("preprocessing")({"image": entry["image"]})
+    inferer = parser.get_parsed_content("inferer")
+    with torch.no_grad():
+        return {name: inferer(image["image"][None], net)[0] for name, net in networks.items()}
+
+
+def test_exports_match_pytorch(logits, capsys):
+    reference = logits["pytorch"]
+    labels = reference.argmax(0).numpy()
+    assert {1, 2} <= set(np.unique(labels))  # a real segmentation, not an empty one
+    for name in ("torchscript", "onnx"):
+        difference = (logits[name] - reference).abs().max().item()
+        predicted = logits[name].argmax(0).numpy()
+        dice = [_dice(predicted == c, labels == c) for c in (1, 2)]
+        with capsys.disabled():
+            print(f"\n{name}: max |logit difference| {difference:.2e}, Dice vs PyTorch TC {dice[0]:.5f} ED {dice[1]:.5f}")
+        # ONNX Runtime fuses and reorders fp32 convolutions: measured 1.6e-3 on logits of magnitude ~10.
+        assert difference < 5e-3
+        assert min(dice) >= 0.999
+
+
+def test_int8_segmentation_stays_close(logits, capsys):
+    labels = logits["pytorch"].argmax(0).numpy()
+    predicted = logits["onnx_int8"].argmax(0).numpy()
+    dice = [_dice(predicted == c, labels == c) for c in (1, 2)]
+    with capsys.disabled():
+        print(f"\nonnx_int8: Dice vs PyTorch TC {dice[0]:.4f} ED {dice[1]:.4f}")
+    assert min(dice) >= 0.97
+
+
+def test_onnx_inference_config_writes_the_pytorch_segmentation(exported, study, tmp_path):
+    """inference_onnx.json on top of inference.json: ONNX Runtime drives the same sliding window, no checkpoint read."""
+    outputs = {}
+    for name, configs, extra in (
+        ("pytorch", ["inference.json"], []),
+        # ckpt_path points nowhere: the ONNX run must not load the PyTorch checkpoint.
+        ("onnx", ["inference.json", "inference_onnx.json"], ["--onnx_path", str(exported / "model.onnx"), "--ckpt_path", str(tmp_path / "none.pt")]),
+    ):  # fmt: skip
+        config_file = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
+        command = [
+            sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file,
+            "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(REPO / "bundle"),
+            "--dataset_dir", str(study), "--output_dir", str(tmp_path / name), "--num_workers", "0", *extra,
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = nib.load(tmp_path / name / f"{study.name}_seg.nii.gz")
+    reference, onnx = (np.asarray(outputs[k].dataobj) for k in ("pytorch", "onnx"))
+    np.testing.assert_array_equal(outputs["onnx"].affine, outputs["pytorch"].affine)
+    assert min(_dice(onnx == c, reference == c) for c in (1, 2)) >= 0.999
+
+
+def test_missing_onnx_file_names_the_export_command(tmp_path):
+    from refineformer3d.onnx import OnnxRuntimeNetwork
+
+    with pytest.raises(FileNotFoundError, match="onnx_export"):
+        OnnxRuntimeNetwork(tmp_path / "model.onnx")
+
+
+def test_window_size_mismatch_is_explained(exported):
+    from refineformer3d.onnx import OnnxRuntimeNetwork
+
+    with pytest.raises(ValueError, match="roi_size"):
+        OnnxRuntimeNetwork(exported / "model.onnx")(torch.zeros(1, 4, 96, 96, 96))
+
+
+def test_static_calibration_windows_sit_on_the_brain():
+    from refineformer3d.onnx import calibration_windows
+
+    image = torch.zeros(4, 100, 90, 80)
+    image[:, 40:60, 30:50, 20:40] = 1.0
+    windows = calibration_windows([image], [32, 32, 32], per_image=3, seed=0)
+    assert len(windows) == 3
+    for window in windows:
+        assert window.shape == (1, 4, 32, 32, 32) and window.dtype == np.float32
+        assert window.sum() > 0  # centred on a non-zero voxel
+    # Images smaller than the window are padded, as the sliding window pads them.
+    assert calibration_windows([torch.ones(4, 20, 20, 20)], [32, 32, 32], per_image=1)[0].shape == (1, 4, 32, 32, 32)
+
+
+def test_metadata_says_the_weights_are_synthetic_and_not_clinical():
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    text = json.dumps(metadata["eval_metrics"]).lower()
+    assert "synthetic" in text and "not for clinical use" in text
