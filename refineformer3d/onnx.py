@@ -4,9 +4,11 @@ MONAI exports (``python -m monai.bundle onnx_export``) and ONNX Runtime runs the
 ``torch.nn.Module`` that runs an ONNX graph, so that MONAI's ``SlidingWindowInferer`` and engines can drive it, and a
 quantisation step fed with windows of real studies. Both are here.
 
-Quantise an exported model (see ``bundle/docs/README.md`` for the export command)::
+Quantise an exported model (see ``bundle/docs/README.md`` for the export command), and time the sliding window of
+``inference.json`` on one study with PyTorch and with ONNX Runtime::
 
     python -m refineformer3d.onnx quantize bundle/models/model.onnx bundle/models/model_int8.onnx
+    python -m refineformer3d.onnx benchmark STUDY --onnx bundle/models/model.onnx bundle/models/model_int8.onnx
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["OnnxRuntimeNetwork", "quantize", "calibration_windows"]
+__all__ = ["OnnxRuntimeNetwork", "quantize", "calibration_windows", "benchmark"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +189,61 @@ def quantize(
     return output
 
 
+def benchmark(
+    study: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
+    onnx_models: Sequence[str | os.PathLike] = (),
+    config_file: str | os.PathLike = "bundle/configs/inference.json",
+    repeats: int = 5,
+    threads: int = 2,
+) -> dict[str, list[float]]:
+    """Seconds of ``config_file``'s sliding window over one preprocessed study, per runtime.
+
+    Preprocessing is done once and not timed. Runs are interleaved (each round runs every model once), so a change
+    of machine load falls on all models alike; one untimed run per model comes first.
+
+    Args:
+        study: anything :func:`~refineformer3d.data.find_studies` takes; its first study is used.
+        checkpoint: PyTorch state dict for the config's ``network_def`` (``None``: no PyTorch run).
+        onnx_models: ONNX files to run with :class:`OnnxRuntimeNetwork`.
+        config_file: the inference config (preprocessing, inferer, network).
+        repeats: timed runs per model.
+        threads: PyTorch and ONNX Runtime intra-op threads.
+
+    Returns:
+        Model name -> run times in seconds.
+    """
+    import time
+
+    from monai.bundle import ConfigParser
+
+    from refineformer3d.data import find_studies
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    image = parser.get_parsed_content("preprocessing")({"image": find_studies(study)[0]["image"]})["image"][None]
+    inferer = parser.get_parsed_content("inferer")
+    torch.set_num_threads(threads)
+    models: dict[str, nn.Module] = {}
+    if checkpoint is not None:
+        network = parser.get_parsed_content("network_def")
+        network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        models[f"pytorch {Path(checkpoint).name}"] = network.eval()
+    for path in onnx_models:
+        models[f"onnxruntime {Path(path).name}"] = OnnxRuntimeNetwork(path, num_threads=threads)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    logger.info("study %s, preprocessed to %s", study, tuple(image.shape))
+    with torch.no_grad():
+        for model in models.values():
+            inferer(image, model)
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                inferer(image, model)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refineformer3d.onnx", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -199,9 +256,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     q.add_argument("--studies", type=int, default=4, help="static: studies to calibrate on")
     q.add_argument("--config_file", default="bundle/configs/inference.json", help="static: preprocessing source")
+    b = commands.add_parser("benchmark", help="time the sliding window on one study per runtime")
+    b.add_argument("study", help="a case folder, a 4-D NIfTI, or anything the inference config's dataset_dir takes")
+    b.add_argument("--checkpoint", default="bundle/models/model.pt", help="PyTorch weights ('' to skip)")
+    b.add_argument("--onnx", nargs="*", default=[], help="ONNX models to time")
+    b.add_argument("--config_file", default="bundle/configs/inference.json")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    if args.command == "benchmark":
+        times = benchmark(
+            args.study, args.checkpoint or None, args.onnx, args.config_file, args.repeats, args.threads
+        )
+        for name, runs in times.items():
+            print(f"{name}: median {float(np.median(runs)):.2f} s, best {min(runs):.2f} s over {len(runs)} runs")
+        return 0
     calibration = None
     if args.mode == "static":
         calibration = _calibration_from_config(args.model, args.config_file, args.dataset_dir, args.studies)
