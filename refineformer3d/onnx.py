@@ -99,22 +99,15 @@ def calibration_windows(
     Returns:
         Arrays of shape (1, C, *roi_size), float32.
     """
-    from monai.transforms import RandSpatialCropSamples, SpatialPad
+    from monai.transforms import RandCropByPosNegLabel, SpatialPad
 
-    rng = np.random.default_rng(seed)
-    roi = tuple(int(r) for r in roi_size)
+    crop = RandCropByPosNegLabel(roi_size, pos=1.0, neg=0.0, num_samples=per_image)
+    crop.set_random_state(seed)
     windows = []
     for image in images:
-        image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
-        image = SpatialPad(roi)(image)
-        brain = np.argwhere(image.abs().sum(0).numpy() > 0)
-        if len(brain) == 0:
-            crops = RandSpatialCropSamples(roi, per_image, random_size=False)(image)
-        else:
-            crops = []
-            for centre in brain[rng.choice(len(brain), size=per_image, replace=False)]:
-                start = [min(max(int(c) - r // 2, 0), s - r) for c, r, s in zip(centre, roi, image.shape[1:])]
-                crops.append(image[(slice(None), *(slice(a, a + r) for a, r in zip(start, roi)))])
+        image = SpatialPad(roi_size)(torch.as_tensor(np.asarray(image)).float())  # as the sliding window pads
+        brain = image.abs().sum(0, keepdim=True) > 0
+        crops = crop(image, label=brain if brain.any() else torch.ones_like(brain))
         windows += [np.ascontiguousarray(np.asarray(c)[None], dtype=np.float32) for c in crops]
     return windows
 

@@ -8,8 +8,6 @@ label map on the input grid and, with ``SaveImaged(..., savepath_in_metadict=Tru
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from monai.utils import ImageMetaKey, MetaKeys, optional_import
 
 from refineformer3d.data.datalist import LABEL_CONVENTIONS
 from refineformer3d.data.transforms import SCHEMES
-from refineformer3d.writers import study_name_formatter
+from refineformer3d.writers import study_name_formatter, write_atomically
 
 Figure, has_matplotlib = optional_import("matplotlib.figure", name="Figure")
 FigureCanvasAgg, _ = optional_import("matplotlib.backends.backend_agg", name="FigureCanvasAgg")
@@ -228,19 +226,6 @@ def _label_colours(scheme: str, convention: str) -> dict[int, tuple[float, float
     return {value: _COLOURS[part] for part, value in LABEL_CONVENTIONS[convention].items()}
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Writes through a temporary file in the same folder, so an interrupted run leaves no truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name rather than mkstemp, which would make the file private (0600) instead of following the umask.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{path.suffix}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class StudyReportSaver:
     """Writes ``<study>_seg.png`` and/or ``<study>_report.json`` beside each segmentation of an inference run.
 
@@ -278,7 +263,8 @@ class StudyReportSaver:
     Raises:
         TypeError: for flags that are not ``bool``.
         ValueError: when neither file is to be written, for an unknown scheme, for ``png_channels`` not among
-            ``channel_names``, or for a PNG without an invertible ``transform``; when called, for a prediction of more than one channel, or an image that the inverted
+            ``channel_names``, or for a PNG without an invertible ``transform``; when called, for a prediction of
+            more than one channel, or an image that the inverted
             ``transform`` does not bring onto the prediction's grid.
     """
 
@@ -326,7 +312,9 @@ class StudyReportSaver:
         self.dpi = dpi
         # Bilinear as in preprocessing: nearest-neighbour would make the 1 mm image blocky on a finer input grid.
         self.invert = (
-            Invertd(keys=image_key, transform=transform, orig_keys=image_key, nearest_interp=False) if write_png else None
+            Invertd(keys=image_key, transform=transform, orig_keys=image_key, nearest_interp=False)
+            if write_png
+            else None
         )
         # labels=None: read "RAS" in the MetaTensor's own space, so an LPS-space image (ITK) is displayed right too.
         self.to_ras = Orientation(axcodes="RAS", labels=None)
@@ -386,7 +374,7 @@ class StudyReportSaver:
         }
         if self.write_report:
             text = json.dumps(report, indent=2) + "\n"
-            _write_atomically(self.output_dir / f"{study}_report.json", lambda f: Path(f).write_text(text))
+            write_atomically(self.output_dir / f"{study}_report.json", lambda f: Path(f).write_text(text))
         return report
 
     def _write_png(self, path: Path, image: MetaTensor, pred: MetaTensor, study: str, volumes: dict) -> None:
@@ -409,4 +397,4 @@ class StudyReportSaver:
             percentiles=self.percentiles,
             dpi=self.dpi,
         )
-        _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor()))
+        write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor()))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from monai.data import NibabelWriter
 from monai.utils import ImageMetaKey
 
-__all__ = ["AtomicNibabelWriter", "study_name_formatter"]
+__all__ = ["AtomicNibabelWriter", "study_name_formatter", "write_atomically"]
 
 # The modality suffix of the first (FLAIR) file of a study, in every layout the datalist builder knows:
 # BraTS 2017-2021 ``<case>_flair``, BraTS 2023+ ``<case>-t2f``, nnU-Net style ``<case>_0000``.
@@ -46,6 +47,34 @@ def study_name_formatter(metadict: dict, saver) -> dict:
     return {"subject": subject, "idx": metadict.get(ImageMetaKey.PATCH_INDEX) if metadict else None}
 
 
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it to ``path``.
+
+    The file is complete or absent: an interrupted run leaves no truncated file that looks like a result, and a
+    folder watcher (MONAI Label's datastore) never sees one half-written. Same folder, so ``os.replace`` is atomic.
+
+    Args:
+        path: the file to write.
+        write: writes a file at the path it is given (the temporary name keeps ``path``'s extension, ``.nii.gz``
+            included, for writers that choose the format by it).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    # A fresh name rather than mkstemp, which would make the file private (0600) instead of following the umask.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 class AtomicNibabelWriter(NibabelWriter):
     """``NibabelWriter`` that writes a complete file or nothing.
 
@@ -71,13 +100,4 @@ class AtomicNibabelWriter(NibabelWriter):
                         f"refusing to overwrite {target}, which lies beside the study's input files; "
                         "choose another output_dir."
                     )
-        suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
-        # A fresh name rather than mkstemp: nibabel creates the file, so it gets the usual umask permissions.
-        tmp = str(target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{suffix}")
-        try:
-            super().write(tmp, verbose=verbose, **obj_kwargs)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_atomically(target, lambda tmp: super(AtomicNibabelWriter, self).write(tmp, verbose=verbose, **obj_kwargs))

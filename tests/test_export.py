@@ -102,7 +102,9 @@ def test_exports_match_pytorch(logits, capsys):
         predicted = logits[name].argmax(0).numpy()
         dice = [_dice(predicted == c, labels == c) for c in (1, 2)]
         with capsys.disabled():
-            print(f"\n{name}: max |logit difference| {difference:.2e}, Dice vs PyTorch TC {dice[0]:.5f} ED {dice[1]:.5f}")
+            print(
+                f"\n{name}: max |logit difference| {difference:.2e}, Dice vs PyTorch TC {dice[0]:.5f} ED {dice[1]:.5f}"
+            )
         # ONNX Runtime fuses and reorders fp32 convolutions: measured 1.6e-3 on logits of magnitude ~10.
         assert difference < 5e-3
         assert min(dice) >= 0.999
@@ -123,7 +125,11 @@ def test_onnx_inference_config_writes_the_pytorch_segmentation(exported, study, 
     for name, configs, extra in (
         ("pytorch", ["inference.json"], []),
         # ckpt_path points nowhere: the ONNX run must not load the PyTorch checkpoint.
-        ("onnx", ["inference.json", "inference_onnx.json"], ["--onnx_path", str(exported / "model.onnx"), "--ckpt_path", str(tmp_path / "none.pt")]),
+        (
+            "onnx",
+            ["inference.json", "inference_onnx.json"],
+            ["--onnx_path", str(exported / "model.onnx"), "--ckpt_path", str(tmp_path / "none.pt")],
+        ),
     ):  # fmt: skip
         config_file = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
         command = [
@@ -176,7 +182,8 @@ def test_metadata_says_the_weights_are_synthetic_and_not_clinical():
 def test_benchmark_times_each_runtime_on_a_study(exported, study, capsys):
     from refineformer3d.onnx import main
 
-    assert main(["benchmark", str(study), "--checkpoint", str(MODEL), "--onnx", str(exported / "model.onnx"), "--repeats", "1"]) == 0
+    onnx = str(exported / "model.onnx")
+    assert main(["benchmark", str(study), "--checkpoint", str(MODEL), "--onnx", onnx, "--repeats", "1"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "median" in line]
     assert [line.split(":")[0] for line in lines] == ["pytorch model.pt", "onnxruntime model.onnx"]
     assert all(float(line.split("median ")[1].split(" s")[0]) > 0 for line in lines)

@@ -39,7 +39,8 @@ def _free_port() -> int:
 
 
 def _request(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 600):
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    method = "POST" if data is not None else "GET"
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.headers.get("Content-Type", ""), response.read()
 

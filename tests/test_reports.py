@@ -1,4 +1,4 @@
-"""Per-study PNG and JSON reports of the bundle's inference: the helpers on hand-made arrays, the handler in the bundle."""
+"""Per-study PNG and JSON reports of inference: the helpers on hand-made arrays, the handler in the bundle."""
 
 from __future__ import annotations
 
@@ -165,8 +165,10 @@ def studies(tiny_brats, tmp_path_factory) -> Path:
 
 def _workflow(root, data, output_dir, meta_file=None, **override):
     # No meta_file by default: as `python -m monai.bundle run --config_file ...`, which reads configs/metadata.json.
-    wf = ConfigWorkflow(config_file=INFERENCE, meta_file=meta_file, logging_file=LOGGING, workflow_type="infer",
-                        bundle_root=str(root), dataset_dir=str(data), output_dir=str(output_dir), **{**FAST, **override})
+    wf = ConfigWorkflow(
+        config_file=INFERENCE, meta_file=meta_file, logging_file=LOGGING, workflow_type="infer",
+        bundle_root=str(root), dataset_dir=str(data), output_dir=str(output_dir), **{**FAST, **override},
+    )  # fmt: skip
     wf.initialize()
     return wf
 

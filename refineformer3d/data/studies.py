@@ -12,26 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from ..writers import write_atomically
 from .datalist import CHANNELS, SPLITS, DatasetError, load_datalist
 
 __all__ = ["write_studies", "main"]
-
-
-def _save(image: nib.Nifti1Image, path: Path) -> None:
-    # Written under a temporary name first: the datastore watches its folder and must never see a half-written file.
-    tmp = path.with_name(f".{uuid.uuid4().hex[:12]}.{path.name}")
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _classes(label: np.ndarray, convention: str) -> np.ndarray:
@@ -48,7 +38,7 @@ def write_studies(
     labels: bool = True,
     limit: int | None = None,
 ) -> list[Path]:
-    """Writes each case of a dataset as ``<output>/<case>.nii.gz`` (4-D) and its label as ``labels/final/<case>.nii.gz``.
+    """Writes each case as ``<output>/<case>.nii.gz`` (4-D) and its label as ``<output>/labels/final/<case>.nii.gz``.
 
     Args:
         source: a dataset folder in any layout :func:`~refineformer3d.data.load_datalist` knows, or a datalist JSON.
@@ -81,14 +71,14 @@ def write_studies(
         if image.ndim != 4 or image.shape[-1] != len(CHANNELS):
             raise DatasetError([f"{entry['case']}: expected {len(CHANNELS)} channels, got an image of {image.shape}"])
         path = output / f"{entry['case']}.nii.gz"
-        _save(image, path)
+        write_atomically(path, lambda tmp: nib.save(image, tmp))
         written.append(path)
         if labels and "label" in entry:
             label = nib.load(entry["label"])
             values = _classes(np.asanyarray(label.dataobj), entry.get("convention", datalist["label_convention"]))
             target = nib.Nifti1Image(values, label.affine, label.header)
             target.header.set_data_dtype(np.uint8)
-            _save(target, output / "labels" / "final" / path.name)
+            write_atomically(output / "labels" / "final" / path.name, lambda tmp: nib.save(target, tmp))
     return written
 
 
