@@ -199,6 +199,34 @@ def test_mlflow_run_records_params_metrics_and_best_checkpoint(tmp_path, tiny_br
     assert "model.pt" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
+def test_training_on_handed_over_datalists_never_builds_the_default_dataset(tmp_path, tiny_brats, monkeypatch):
+    """MONAI Label's way: 4-D studies and labels as train/validate data, no dataset_dir, no synthetic cache."""
+    from refineformer3d.data import synthetic, write_studies
+
+    def refuse():
+        raise AssertionError("the default dataset was built although the training data were given")
+
+    monkeypatch.setattr(synthetic, "ensure_dataset", refuse)
+    studies = tmp_path / "studies"
+    write_studies(tiny_brats, studies, limit=3)
+    entries = [{"image": str(p), "label": str(studies / "labels" / "final" / p.name)}
+               for p in sorted(studies.glob("*.nii.gz"))]
+    wf = ConfigWorkflow(
+        config_file=TRAIN, meta_file=META, logging_file=LOGGING, tracking="mlflow", bundle_root=str(tmp_path),
+        epochs=1, **{"train#dataset#data": entries[:2], "validate#dataset#data": entries[2:]}, **FAST,
+    )
+    wf.initialize()
+    wf.run()
+    metrics = dict(wf.parser.get_parsed_content("validate#evaluator").state.metrics)
+    wf.finalize()
+    assert math.isfinite(metrics["val_mean_dice"]) and (tmp_path / "models" / "model.pt").is_file()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=wf.parser.get_parsed_content("tracking_uri"))
+    (run,) = client.search_runs([client.get_experiment_by_name("refineformer3d").experiment_id])
+    assert run.data.params["training_data"] == str(studies) and run.data.params["num_training_cases"] == "2"
+
+
 def test_regions_scheme_trains_and_writes_brats_labels(tmp_path, tiny_brats):
     _, metrics = _train(tmp_path, tiny_brats, epochs=1, config_file=[TRAIN, REGIONS])
     assert math.isfinite(metrics["val_mean_dice"]) and "val_dice_et" in metrics
