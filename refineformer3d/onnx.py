@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 EXPORT_HINT = (
     "export it first: python -m monai.bundle onnx_export --net_id network_def --filepath bundle/models/model.onnx "
     "--ckpt_file bundle/models/model.pt --config_file bundle/configs/inference.json "
-    "--meta_file bundle/configs/metadata.json --input_shape \"[1,4,128,128,128]\" --use_trace true "
+    '--meta_file bundle/configs/metadata.json --input_shape "[1,4,128,128,128]" --use_trace true '
     "--converter_kwargs \"{'input_names':['image'],'output_names':['pred'],"
     "'dynamic_axes':{'image':{0:'batch'},'pred':{0:'batch'}},'opset_version':17,'dynamo':False}\""
 )
@@ -152,7 +152,9 @@ def quantize(
     try:
         if mode == "dynamic":
             quantize_dynamic(
-                str(prepared), str(output), op_types_to_quantize=list(op_types or ["MatMul"]),
+                str(prepared),
+                str(output),
+                op_types_to_quantize=list(op_types or ["MatMul"]),
                 weight_type=QuantType.QInt8,
             )
         elif mode == "static":
@@ -170,9 +172,14 @@ def quantize(
 
             input_name = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0].name
             quantize_static(
-                str(prepared), str(output), _Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types or ["Conv", "MatMul"]), activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, per_channel=True,
+                str(prepared),
+                str(output),
+                _Reader(input_name, calibration),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types or ["Conv", "MatMul"]),
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
             )
         else:
             raise ValueError(f"mode must be 'dynamic' or 'static', got {mode!r}")
@@ -260,9 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.command == "benchmark":
-        times = benchmark(
-            args.study, args.checkpoint or None, args.onnx, args.config_file, args.repeats, args.threads
-        )
+        times = benchmark(args.study, args.checkpoint or None, args.onnx, args.config_file, args.repeats, args.threads)
         for name, runs in times.items():
             print(f"{name}: median {float(np.median(runs)):.2f} s, best {min(runs):.2f} s over {len(runs)} runs")
         return 0

@@ -20,9 +20,9 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd, InvertibleTransform, Orientation
 from monai.utils import ImageMetaKey, MetaKeys, optional_import
 
-from refineformer3d.data.datalist import LABEL_CONVENTIONS
-from refineformer3d.data.transforms import SCHEMES
-from refineformer3d.writers import study_name_formatter, write_atomically
+from refineformer3d.io import write_atomically
+from refineformer3d.labels import label_colours, label_names, region_labels
+from refineformer3d.writers import study_name_formatter
 
 Figure, has_matplotlib = optional_import("matplotlib.figure", name="Figure")
 FigureCanvasAgg, _ = optional_import("matplotlib.backends.backend_agg", name="FigureCanvasAgg")
@@ -47,43 +47,7 @@ RUNTIME_COVERS = (
     "and preprocessing, unless DataLoader workers prepared it earlier), sliding-window inference and postprocessing "
     "including writing the segmentation; not this report or the PNG; shared by all studies of a batch"
 )
-# One colour per tumour part, so a part looks the same in both label schemes.
-_COLOURS = {"necrosis": (0.9, 0.1, 0.1), "edema": (0.1, 0.8, 0.2), "enhancing": (1.0, 0.85, 0.0)}
 _FIGSIZE = (9.0, 6.6)  # inches: three views side by side, two rows, a title and a legend
-
-
-def label_names(scheme: str = "classes", convention: str = "brats") -> dict[int, str]:
-    """Label value -> name of what ``BratsLabelsFromPredictiond`` writes for ``scheme`` (and ``convention``)."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; expected one of {sorted(SCHEMES)}")
-    if scheme == "classes":
-        return {1: "tumour core", 2: "edema"}
-    parts = LABEL_CONVENTIONS[convention]
-    names = {
-        parts["necrosis"]: "necrosis / non-enhancing tumour",
-        parts["edema"]: "edema",
-        parts["enhancing"]: "enhancing tumour",
-    }
-    return dict(sorted(names.items()))
-
-
-def region_labels(scheme: str = "classes", convention: str = "brats") -> dict[str, tuple[int, ...]]:
-    """Region name -> the label values it is made of, for ``scheme`` (and ``convention``).
-
-    ``classes``: tumour core = 1, whole tumour = 1 + 2. ``regions``: the BraTS evaluation regions, tumour core =
-    necrosis + enhancing, whole tumour = all three, enhancing tumour.
-    """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; expected one of {sorted(SCHEMES)}")
-    if scheme == "classes":
-        return {"tumour core": (1,), "whole tumour": (1, 2)}
-    parts = LABEL_CONVENTIONS[convention]
-    necrosis, edema, enhancing = parts["necrosis"], parts["edema"], parts["enhancing"]
-    return {
-        "tumour core": tuple(sorted((necrosis, enhancing))),
-        "whole tumour": tuple(sorted((necrosis, edema, enhancing))),
-        "enhancing tumour": (enhancing,),
-    }
 
 
 def voxel_volume_ml(affine: np.ndarray | torch.Tensor) -> float:
@@ -200,30 +164,40 @@ def render_overview(
             ax.set_axis_off()
             # In data coordinates, so the letters stay at the image's edges whatever its aspect ratio.
             height, width = plane.shape
-            edges = ((0, height / 2, "left", "center"), (width - 1, height / 2, "right", "center"),
-                     (width / 2, 0, "center", "bottom"), (width / 2, height - 1, "center", "top"))
+            edges = (
+                (0, height / 2, "left", "center"),
+                (width - 1, height / 2, "right", "center"),
+                (width / 2, 0, "center", "bottom"),
+                (width / 2, height - 1, "center", "top"),
+            )
             for text, (x, y, ha, va) in zip(letters, edges):
                 ax.text(x, y, text, color="white", fontsize=9, fontweight="bold", ha=ha, va=va)
             if r == 0:
                 ax.set_title(f"{view_name} (slice {slices[axis]})", color="white", fontsize=10)
             if c == 0:
-                ax.text(-0.04, 0.5, row_name, transform=ax.transAxes, color="white", fontsize=10,
-                        rotation=90, ha="right", va="center")
+                ax.text(
+                    -0.04,
+                    0.5,
+                    row_name,
+                    transform=ax.transAxes,
+                    color="white",
+                    fontsize=10,
+                    rotation=90,
+                    ha="right",
+                    va="center",
+                )
     handles = [
-        Patch(color=colours[v], alpha=min(1.0, 2 * alpha),
-              label=f"{name} ({volumes_ml[v]:.1f} mL)" if volumes_ml is not None else name)
+        Patch(
+            color=colours[v],
+            alpha=min(1.0, 2 * alpha),
+            label=f"{name} ({volumes_ml[v]:.1f} mL)" if volumes_ml is not None else name,
+        )
         for v, name in names.items()
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, labelcolor="white", fontsize=9)
     fig.suptitle(f"{title}\n{NOT_FOR_CLINICAL_USE}" if title else NOT_FOR_CLINICAL_USE, color="white", fontsize=10)
     fig.subplots_adjust(left=0.05, right=0.99, top=0.88, bottom=0.08, wspace=0.02, hspace=0.08)
     return fig
-
-
-def _label_colours(scheme: str, convention: str) -> dict[int, tuple[float, float, float]]:
-    if scheme == "classes":
-        return {1: _COLOURS["necrosis"], 2: _COLOURS["edema"]}
-    return {value: _COLOURS[part] for part, value in LABEL_CONVENTIONS[convention].items()}
 
 
 class StudyReportSaver:
@@ -302,7 +276,7 @@ class StudyReportSaver:
         self.label_scheme = label_scheme
         self.names = label_names(label_scheme, convention)
         self.regions = region_labels(label_scheme, convention)
-        self.colours = _label_colours(label_scheme, convention)
+        self.colours = label_colours(label_scheme, convention)
         self.rows = {name: list(channel_names).index(name) for name in png_channels}
         self.model_version = model_version
         self.image_key = image_key

@@ -32,7 +32,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from refineformer3d.networks import create_model, list_models
 
-__all__ = ["SummaryRow", "reference_models", "count_flops", "time_forward", "time_sliding_window", "summary_rows", "format_table", "main"]
+__all__ = [
+    "SummaryRow",
+    "reference_models",
+    "count_flops",
+    "time_forward",
+    "time_sliding_window",
+    "summary_rows",
+    "format_table",
+    "main",
+]
 
 
 @dataclass
@@ -261,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--models", nargs="+", default=None, help="names to measure (default: all)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument(
-        "--volume", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
+        "--volume",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("D", "H", "W"),
         help="also time a whole-volume sliding window (windows of --roi, overlap 0.5), e.g. 240 240 155",
     )
     args = parser.parse_args(argv)

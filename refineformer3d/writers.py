@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from monai.data import NibabelWriter
 from monai.utils import ImageMetaKey
+
+from refineformer3d.io import write_atomically
 
 __all__ = ["AtomicNibabelWriter", "study_name_formatter", "write_atomically"]
 
@@ -45,34 +45,6 @@ def study_name_formatter(metadict: dict, saver) -> dict:
         source = source[0] if source else ""
     subject = _MODALITY_SUFFIX.sub("", _stem(source)) or "study"
     return {"subject": subject, "idx": metadict.get(ImageMetaKey.PATCH_INDEX) if metadict else None}
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it to ``path``.
-
-    The file is complete or absent: an interrupted run leaves no truncated file that looks like a result, and a
-    folder watcher (MONAI Label's datastore) never sees one half-written. Same folder, so ``os.replace`` is atomic.
-
-    Args:
-        path: the file to write.
-        write: writes a file at the path it is given (the temporary name keeps ``path``'s extension, ``.nii.gz``
-            included, for writers that choose the format by it).
-
-    Returns:
-        ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    # A fresh name rather than mkstemp, which would make the file private (0600) instead of following the umask.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 class AtomicNibabelWriter(NibabelWriter):

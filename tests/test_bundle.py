@@ -14,10 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS, REPO
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
-
-from conftest import CONFIGS, REPO
 
 TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
@@ -73,9 +72,22 @@ def trained(tmp_path_factory, tiny_brats):
 
 def test_metadata_has_required_keys_and_installed_versions():
     meta = json.loads(Path(META).read_text())
-    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-                "required_packages_version", "task", "description", "authors", "copyright",
-                "intended_use", "data_source", "references", "network_data_format"):
+    for key in (
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "intended_use",
+        "data_source",
+        "references",
+        "network_data_format",
+    ):
         assert key in meta, key
     import monai
 
@@ -142,8 +154,10 @@ def _lps_2mm_studies(tiny_brats: Path, out: Path) -> list[Path]:
     affine = np.diag([-1.0, -1.0, 2.0, 1.0])
     affine[:3, 3] = [40.0, 50.0, -30.0]
     for i, case in enumerate(cases):
-        vols = [np.asanyarray(nib.load(case / f"{case.name}_{m}.nii.gz").dataobj)[:, :, ::2]
-                for m in ("flair", "t1", "t1ce", "t2")]
+        vols = [
+            np.asanyarray(nib.load(case / f"{case.name}_{m}.nii.gz").dataobj)[:, :, ::2]
+            for m in ("flair", "t1", "t1ce", "t2")
+        ]
         if i == 0:
             folder = out / "Brats17ValidationData" / case.name
             folder.mkdir(parents=True)
@@ -185,8 +199,14 @@ def test_inference_lands_on_the_input_grid(trained, tiny_brats, tmp_path):
 def test_mlflow_run_records_params_metrics_and_best_checkpoint(tmp_path, tiny_brats):
     mlflow = pytest.importorskip("mlflow")
     wf = ConfigWorkflow(
-        config_file=TRAIN, meta_file=META, logging_file=LOGGING, tracking="mlflow",
-        bundle_root=str(tmp_path), dataset_dir=str(tiny_brats), epochs=1, **FAST,
+        config_file=TRAIN,
+        meta_file=META,
+        logging_file=LOGGING,
+        tracking="mlflow",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tiny_brats),
+        epochs=1,
+        **FAST,
     )
     wf.initialize()
     wf.run()
@@ -209,11 +229,18 @@ def test_training_on_handed_over_datalists_never_builds_the_default_dataset(tmp_
     monkeypatch.setattr(synthetic, "ensure_dataset", refuse)
     studies = tmp_path / "studies"
     write_studies(tiny_brats, studies, limit=3)
-    entries = [{"image": str(p), "label": str(studies / "labels" / "final" / p.name)}
-               for p in sorted(studies.glob("*.nii.gz"))]
+    entries = [
+        {"image": str(p), "label": str(studies / "labels" / "final" / p.name)} for p in sorted(studies.glob("*.nii.gz"))
+    ]
     wf = ConfigWorkflow(
-        config_file=TRAIN, meta_file=META, logging_file=LOGGING, tracking="mlflow", bundle_root=str(tmp_path),
-        epochs=1, **{"train#dataset#data": entries[:2], "validate#dataset#data": entries[2:]}, **FAST,
+        config_file=TRAIN,
+        meta_file=META,
+        logging_file=LOGGING,
+        tracking="mlflow",
+        bundle_root=str(tmp_path),
+        epochs=1,
+        **{"train#dataset#data": entries[:2], "validate#dataset#data": entries[2:]},
+        **FAST,
     )
     wf.initialize()
     wf.run()
@@ -231,8 +258,9 @@ def test_regions_scheme_trains_and_writes_brats_labels(tmp_path, tiny_brats):
     _, metrics = _train(tmp_path, tiny_brats, epochs=1, config_file=[TRAIN, REGIONS])
     assert math.isfinite(metrics["val_mean_dice"]) and "val_dice_et" in metrics
     out = tmp_path / "seg"
-    wf = _workflow([INFERENCE, REGIONS], tmp_path, tiny_brats / "Brats17ValidationData", workflow_type="infer",
-                   output_dir=str(out))
+    wf = _workflow(
+        [INFERENCE, REGIONS], tmp_path, tiny_brats / "Brats17ValidationData", workflow_type="infer", output_dir=str(out)
+    )
     wf.run()
     wf.finalize()
     segs = sorted(out.glob("*_seg.nii.gz"))
@@ -243,48 +271,121 @@ def test_regions_scheme_trains_and_writes_brats_labels(tmp_path, tiny_brats):
 
 def _cli(*args, env=None, timeout=600):
     cmd = [sys.executable, "-m", "monai.bundle", *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 def _cli_overrides(root, data):
-    return ["--bundle_root", str(root), "--dataset_dir", str(data), "--epochs", "1", "--device", "cpu",
-            "--roi_size", "[32,32,32]", "--num_samples", "1", "--num_workers", "0",
-            "--network_def#_target_", "refineformer3d.networks.create_model",
-            "--network_def#name", "refineformer3d_tiny"]
+    return [
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(data),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--roi_size",
+        "[32,32,32]",
+        "--num_samples",
+        "1",
+        "--num_workers",
+        "0",
+        "--network_def#_target_",
+        "refineformer3d.networks.create_model",
+        "--network_def#name",
+        "refineformer3d_tiny",
+    ]
 
 
 @pytest.mark.parametrize("run_key", [["run", "training"], ["run"]], ids=["training", "run"])
 def test_cli_train_command_as_documented(tmp_path, tiny_brats, run_key):
-    _cli(*run_key, "--meta_file", META, "--config_file", TRAIN, "--logging_file", LOGGING,
-         *_cli_overrides(tmp_path, tiny_brats))
+    _cli(
+        *run_key,
+        "--meta_file",
+        META,
+        "--config_file",
+        TRAIN,
+        "--logging_file",
+        LOGGING,
+        *_cli_overrides(tmp_path, tiny_brats),
+    )
     assert (tmp_path / "models" / "model.pt").exists()
 
 
 def test_ddp_two_cpu_processes_train_one_epoch(tmp_path, tiny_brats):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "monai.bundle", "run", "--config_file", f"['{TRAIN}','{MULTI_GPU}']",
-           "--meta_file", META, "--logging_file", LOGGING, *_cli_overrides(tmp_path, tiny_brats)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"['{TRAIN}','{MULTI_GPU}']",
+        "--meta_file",
+        META,
+        "--logging_file",
+        LOGGING,
+        *_cli_overrides(tmp_path, tiny_brats),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").exists()
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
 
 
 def test_net_in_out_and_torchscript_export(tmp_path):
-    _cli("verify_net_in_out", "network_def", "--meta_file", META, "--config_file", INFERENCE,
-         "--network_def#_target_", "refineformer3d.networks.create_model",
-         "--network_def#name", "refineformer3d_tiny", "--device", "cpu", "--p", "1", "--n", "1")
+    _cli(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        META,
+        "--config_file",
+        INFERENCE,
+        "--network_def#_target_",
+        "refineformer3d.networks.create_model",
+        "--network_def#name",
+        "refineformer3d_tiny",
+        "--device",
+        "cpu",
+        "--p",
+        "1",
+        "--n",
+        "1",
+    )
     ckpt = tmp_path / "model.pt"
     from refineformer3d.networks import create_model
 
     torch.save(create_model("refineformer3d_tiny", in_channels=4, out_channels=3).state_dict(), ckpt)
     ts = tmp_path / "model.ts"
-    _cli("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), "--meta_file", META,
-         "--config_file", INFERENCE, "--network_def#_target_", "refineformer3d.networks.create_model",
-         "--network_def#name", "refineformer3d_tiny", "--use_trace", "True",
-         "--input_shape", "[1,4,64,64,64]", "--key_in_ckpt", "")
+    _cli(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(ckpt),
+        "--meta_file",
+        META,
+        "--config_file",
+        INFERENCE,
+        "--network_def#_target_",
+        "refineformer3d.networks.create_model",
+        "--network_def#name",
+        "refineformer3d_tiny",
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1,4,64,64,64]",
+        "--key_in_ckpt",
+        "",
+    )
     assert ts.exists() and torch.jit.load(str(ts)) is not None

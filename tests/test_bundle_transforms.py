@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-
 from conftest import CONFIGS
+from monai.bundle import ConfigParser
 
 
 def _parser(tiny_brats, *overlays, **override):
@@ -17,8 +16,11 @@ def _parser(tiny_brats, *overlays, **override):
     return parser
 
 
-@pytest.mark.parametrize("overlays, channels, values", [((), 1, {0.0, 1.0, 2.0}), (("regions.json",), 3, {0.0, 1.0})],
-                         ids=["classes", "regions"])
+@pytest.mark.parametrize(
+    "overlays, channels, values",
+    [((), 1, {0.0, 1.0, 2.0}), (("regions.json",), 3, {0.0, 1.0})],
+    ids=["classes", "regions"],
+)
 def test_training_pipeline_yields_4_channel_crops_and_scheme_labels(tiny_brats, overlays, channels, values):
     parser = _parser(tiny_brats, *overlays)
     entry = parser.get_parsed_content("train_datalist")[0]

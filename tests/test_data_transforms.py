@@ -84,11 +84,11 @@ def test_file_named_from_a_meta_dict():
 
 
 def test_bad_arguments_and_shapes():
-    with pytest.raises(ValueError, match="unknown scheme 'onehot'"):
+    with pytest.raises(ValueError, match="unknown label scheme 'onehot'"):
         ConvertBratsLabelsd("label", scheme="onehot")
     with pytest.raises(ValueError, match="unknown label convention 'brats2019'"):
         ConvertBratsLabelsd("label", convention="brats2019")
-    with pytest.raises(ValueError, match="unknown scheme"):
+    with pytest.raises(ValueError, match="unknown label scheme"):
         BratsLabelsFromPredictiond("pred", scheme="softmax")
     with pytest.raises(ValueError, match="one channel first"):
         ConvertBratsLabelsd("label")({"label": np.zeros((2, 4, 4, 4), dtype=np.uint8)})

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import CONFIGS, REPO
 
 MODEL = REPO / "bundle" / "models" / "model.pt"

@@ -24,7 +24,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import CONFIGS, REPO
 
 pytestmark = pytest.mark.integration
@@ -83,8 +82,11 @@ def server(venv, tmp_path_factory):
     port = _free_port()
     log = open(work / "server.log", "w")
     # An empty synthetic-data cache: the server must never need the bundle's built-in studies.
-    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
-               REFINEFORMER3D_CACHE=str(work / "empty-cache"))
+    env = dict(
+        os.environ,
+        PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        REFINEFORMER3D_CACHE=str(work / "empty-cache"),
+    )
     command = [
         str(venv / "bin" / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
         "--host", "127.0.0.1", "--port", str(port),

@@ -69,7 +69,7 @@ def test_label_names_and_regions_follow_the_scheme():
     assert label_names("regions") == {1: "necrosis / non-enhancing tumour", 2: "edema", 4: "enhancing tumour"}
     assert region_labels("regions") == {"tumour core": (1, 4), "whole tumour": (1, 2, 4), "enhancing tumour": (4,)}
     assert region_labels("regions", "brats2023")["enhancing tumour"] == (3,)
-    with pytest.raises(ValueError, match="unknown scheme"):
+    with pytest.raises(ValueError, match="unknown label scheme"):
         label_names("labels")
 
 
@@ -116,7 +116,7 @@ def test_bad_arguments():
         StudyReportSaver("out", transform=None, write_png="false")
     with pytest.raises(ValueError, match="png_channels"):
         StudyReportSaver("out", transform=None, png_channels=("FLAIR", "DWI"))
-    with pytest.raises(ValueError, match="unknown scheme"):
+    with pytest.raises(ValueError, match="unknown label scheme"):
         StudyReportSaver("out", transform=None, write_png=False, label_scheme="labels")
 
 
@@ -125,17 +125,22 @@ def test_regions_report_sums_brats_labels(tmp_path):
     values[0, 0, :2] = 1  # necrosis: 12 voxels
     values[0, 1] = 2  # edema: 30
     values[0, 2, 0, 0] = 4  # enhancing: 1
-    pred = MetaTensor(torch.as_tensor(values), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])),
-                      meta={"filename_or_obj": "/data/BRATS_007.nii.gz"})
+    pred = MetaTensor(
+        torch.as_tensor(values),
+        affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])),
+        meta={"filename_or_obj": "/data/BRATS_007.nii.gz"},
+    )
     saver = StudyReportSaver(tmp_path, transform=None, write_png=False, label_scheme="regions", model_version="9.9")
     saver.save(image=None, pred=pred, runtime_s=1.5, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["BRATS_007_report.json"]
     report = json.loads((tmp_path / "BRATS_007_report.json").read_text())
     assert report["voxel_volume_ml"] == pytest.approx(0.008)
     assert report["class_volumes_ml"] == pytest.approx(
-        {"necrosis / non-enhancing tumour": 0.096, "edema": 0.24, "enhancing tumour": 0.008})
+        {"necrosis / non-enhancing tumour": 0.096, "edema": 0.24, "enhancing tumour": 0.008}
+    )
     assert report["region_volumes_ml"] == pytest.approx(
-        {"tumour core": 0.104, "whole tumour": 0.344, "enhancing tumour": 0.008})
+        {"tumour core": 0.104, "whole tumour": 0.344, "enhancing tumour": 0.008}
+    )
     assert report["input_files"] == ["/data/BRATS_007.nii.gz"] and report["png"] is None
     assert report["model_version"] == "9.9" and "not for clinical use" in report["intended_use"]
 
@@ -148,8 +153,9 @@ def bundle_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle")
     (root / "models").mkdir()
     torch.manual_seed(0)
-    torch.save(create_model("refineformer3d_tiny", in_channels=4, out_channels=3).state_dict(),
-               root / "models" / "model.pt")
+    torch.save(
+        create_model("refineformer3d_tiny", in_channels=4, out_channels=3).state_dict(), root / "models" / "model.pt"
+    )
     return root
 
 
@@ -198,7 +204,8 @@ def test_files_lie_beside_the_segmentations(reported, studies):
     out = reported[0]
     cases = sorted(p.name for p in studies.iterdir())
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{case}{suffix}" for case in cases for suffix in ("_seg.nii.gz", "_seg.png", "_report.json"))
+        f"{case}{suffix}" for case in cases for suffix in ("_seg.nii.gz", "_seg.png", "_report.json")
+    )
 
 
 def test_report_volumes_are_the_written_segmentation(reported, studies):
@@ -213,10 +220,12 @@ def test_report_volumes_are_the_written_segmentation(reported, studies):
         assert report["voxel_volume_ml"] == pytest.approx(voxel_ml)
         values = {name: int(v) for v, name in report["labels"].items()}
         assert report["class_volumes_ml"] == pytest.approx(
-            {name: np.count_nonzero(data == v) * voxel_ml for name, v in values.items()})
+            {name: np.count_nonzero(data == v) * voxel_ml for name, v in values.items()}
+        )
         classes = report["class_volumes_ml"]
         assert report["region_volumes_ml"] == pytest.approx(
-            {"tumour core": classes["tumour core"], "whole tumour": classes["tumour core"] + classes["edema"]})
+            {"tumour core": classes["tumour core"], "whole tumour": classes["tumour core"] + classes["edema"]}
+        )
         segmented += report["region_volumes_ml"]["whole tumour"]
         assert report["study"] == case and report["label_scheme"] == "classes"
         assert report["segmentation"] == str(out / f"{case}_seg.nii.gz")

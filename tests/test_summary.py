@@ -49,8 +49,20 @@ def test_command_line(capsys):
 
 
 def test_sliding_window_column(capsys):
-    text = main(["--roi", *map(str, ROI), "--no-time", "--markdown", "--models", "refineformer3d_tiny",
-                 "--volume", "48", "40", "36"])
+    text = main(
+        [
+            "--roi",
+            *map(str, ROI),
+            "--no-time",
+            "--markdown",
+            "--models",
+            "refineformer3d_tiny",
+            "--volume",
+            "48",
+            "40",
+            "36",
+        ]
+    )
     header, _, row = text.splitlines()[:3]
     assert header.endswith("| CPU sliding window (s) |")
     assert float(row.split("|")[-2]) > 0

@@ -15,15 +15,30 @@ from refineformer3d.writers import AtomicNibabelWriter, study_name_formatter
 
 
 def _save(output_dir, source):
-    image = MetaTensor(torch.ones(1, 4, 5, 6, dtype=torch.uint8), affine=torch.eye(4),
-                       meta={"filename_or_obj": str(source)})
-    saver = SaveImage(output_dir=output_dir, output_postfix="seg", output_dtype=np.uint8, separate_folder=False,
-                      output_name_formatter=study_name_formatter, writer=AtomicNibabelWriter, print_log=False)
+    image = MetaTensor(
+        torch.ones(1, 4, 5, 6, dtype=torch.uint8), affine=torch.eye(4), meta={"filename_or_obj": str(source)}
+    )
+    saver = SaveImage(
+        output_dir=output_dir,
+        output_postfix="seg",
+        output_dtype=np.uint8,
+        separate_folder=False,
+        output_name_formatter=study_name_formatter,
+        writer=AtomicNibabelWriter,
+        print_log=False,
+    )
     saver(image)
 
 
-@pytest.mark.parametrize("name, expected", [("Brats17_X_1_flair.nii.gz", "Brats17_X_1"), ("C-t2f.nii.gz", "C"),
-                                            ("BRATS_001.nii.gz", "BRATS_001"), ("case_0000.nii", "case")])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Brats17_X_1_flair.nii.gz", "Brats17_X_1"),
+        ("C-t2f.nii.gz", "C"),
+        ("BRATS_001.nii.gz", "BRATS_001"),
+        ("case_0000.nii", "case"),
+    ],
+)
 def test_outputs_are_named_after_the_study(tmp_path, name, expected):
     _save(tmp_path, tmp_path / "in" / name)
     written = tmp_path / f"{expected}_seg.nii.gz"

@@ -32,13 +32,11 @@ On bad input it prints one line to stderr, exits with status 2 and writes nothin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +44,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from refineformer3d.io import write_atomically
+from refineformer3d.labels import CONVENTIONS, convention_values
 
 __all__ = [
     "CHANNELS",
@@ -65,12 +66,8 @@ __all__ = [
 CHANNELS = ("flair", "t1", "t1ce", "t2")
 SPLITS = ("training", "validation", "testing")
 LAYOUTS = ("brats2017", "brats2018-2020", "brats2021", "brats2023", "msd")
-# Raw label value of each tumour part, per convention.
-LABEL_CONVENTIONS: dict[str, dict[str, int]] = {
-    "brats": {"necrosis": 1, "edema": 2, "enhancing": 4},
-    "brats2023": {"necrosis": 1, "edema": 2, "enhancing": 3},
-    "msd": {"necrosis": 2, "edema": 1, "enhancing": 3},
-}
+# Raw label value of each tumour part, per convention (kept under this name: it is part of the public API).
+LABEL_CONVENTIONS = CONVENTIONS
 _CONVENTION_OF_LAYOUT = {"brats2023": "brats2023", "msd": "msd"}  # the others: "brats"
 
 # File suffixes in CHANNELS order, then the label, for each separator between case name and modality.
@@ -285,7 +282,7 @@ def _check_case(case: _Case, root: Path, convention: str) -> list[str]:
             problems.append(f"{where}: affine differs from {reference[0].name} (not co-registered)")
         if is_label:
             values = np.unique(data)
-            allowed = {0, *LABEL_CONVENTIONS[convention].values()}
+            allowed = set(convention_values(convention))
             bad = [v for v in values.tolist() if v not in allowed]
             if bad:
                 problems.append(
@@ -426,17 +423,8 @@ def write_datalist(datalist: Mapping, output: str | os.PathLike) -> Path:
     content = dict(datalist)
     if "dataset_dir" in content:
         content["dataset_dir"] = os.path.relpath(content["dataset_dir"], output.parent)
-    descriptor, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(content, handle, indent=2)
-            handle.write("\n")
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    text = json.dumps(content, indent=2) + "\n"
+    write_atomically(output, lambda tmp: Path(tmp).write_text(text))
     return output
 
 

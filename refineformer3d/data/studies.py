@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..writers import write_atomically
+from ..io import write_atomically
 from .datalist import CHANNELS, SPLITS, DatasetError, load_datalist
 
 __all__ = ["write_studies", "main"]
@@ -71,14 +71,14 @@ def write_studies(
         if image.ndim != 4 or image.shape[-1] != len(CHANNELS):
             raise DatasetError([f"{entry['case']}: expected {len(CHANNELS)} channels, got an image of {image.shape}"])
         path = output / f"{entry['case']}.nii.gz"
-        write_atomically(path, lambda tmp: nib.save(image, tmp))
+        write_atomically(path, lambda tmp, image=image: nib.save(image, tmp))
         written.append(path)
         if labels and "label" in entry:
             label = nib.load(entry["label"])
             values = _classes(np.asanyarray(label.dataobj), entry.get("convention", datalist["label_convention"]))
             target = nib.Nifti1Image(values, label.affine, label.header)
             target.header.set_data_dtype(np.uint8)
-            write_atomically(output / "labels" / "final" / path.name, lambda tmp: nib.save(target, tmp))
+            write_atomically(output / "labels" / "final" / path.name, lambda tmp, target=target: nib.save(target, tmp))
     return written
 
 

@@ -25,7 +25,6 @@ The same seed gives the same bytes. Case ``i`` draws all its randomness from ``n
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -41,6 +40,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+
+from refineformer3d.io import file_lock
 
 __all__ = ["MODALITIES", "SyntheticCase", "make_case", "make_dataset", "ensure_dataset", "main"]
 
@@ -650,13 +651,13 @@ def ensure_dataset(
     if _is_complete(root, parameters):
         return str(root)
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / f"{name}.lock"):
+    with file_lock(cache / f"{name}.lock"):
         if _is_complete(root, parameters):  # made by the process that held the lock before us
             return str(root)
         staging = _new_folder(cache, f".{name}.tmp")
         try:
             _write_dataset(staging, cases, validation_cases, seed, shape, preview=False)
-            # Without a lock (see _locked) another process may have finished meanwhile; its dataset is as good.
+            # Where the file system refuses locks, another process may have finished meanwhile; its dataset is as good.
             if not _is_complete(root, parameters):
                 if root.exists():  # an incomplete folder of this name, say copied by hand
                     shutil.rmtree(root)
@@ -668,27 +669,6 @@ def ensure_dataset(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return str(root)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """Holds an exclusive lock on ``path``; where locks are not available, the atomic rename alone keeps datasets
-    whole (two processes may then both generate one)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # some network file systems refuse locks
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

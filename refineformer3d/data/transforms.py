@@ -8,9 +8,9 @@ Label schemes:
 * ``"regions"``: three overlapping channels TC, WT, ET (float32), the BraTS evaluation regions, for sigmoid outputs
   as in the MONAI model zoo and SegFormer3D.
 
-The raw label values follow a convention from :data:`refineformer3d.data.datalist.LABEL_CONVENTIONS` (``"brats"``
-1/2/4, ``"brats2023"`` 1/2/3, ``"msd"`` 1 edema / 2 non-enhancing / 3 enhancing); a datalist carries its convention
-as ``datalist["label_convention"]``.
+The raw label values follow a convention of :mod:`refineformer3d.labels` (``"brats"`` 1/2/4, ``"brats2023"``
+1/2/3, ``"msd"`` 1 edema / 2 non-enhancing / 3 enhancing); a datalist carries its convention as
+``datalist["label_convention"]``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,9 @@ from monai.data import MetaTensor
 from monai.transforms import AsDiscrete, ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform, Spacingd
 from monai.utils import PostFix, convert_to_dst_type
 
-from .datalist import LABEL_CONVENTIONS
+from refineformer3d.labels import CONVENTIONS, SCHEMES, check_convention, check_scheme
 
 __all__ = ["SCHEMES", "ConvertBratsLabelsd", "BratsLabelsFromPredictiond", "PathSafeSpacingd"]
-
-SCHEMES = ("classes", "regions")
-
-
-def _check_choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
 
 
 def _source_name(data: Mapping, key: Hashable, value) -> str:
@@ -72,11 +65,11 @@ class ConvertBratsLabelsd(MapTransform):
         self, keys: KeysCollection, scheme: str = "classes", convention: str = "brats", allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        _check_choice("scheme", scheme, SCHEMES)
-        _check_choice("label convention", convention, LABEL_CONVENTIONS)
+        check_scheme(scheme)
+        check_convention(convention)
         self.scheme = scheme
         self.convention = convention
-        parts = LABEL_CONVENTIONS[convention]
+        parts = CONVENTIONS[convention]
         self.values = (0, parts["necrosis"], parts["edema"], parts["enhancing"])
         # classes: core = necrosis + enhancing. regions: MONAI's BraTS transform wants 1 necrosis and 2 edema.
         self.targets = (0, 1, 2, 1) if scheme == "classes" else (0, 1, 2, parts["enhancing"])
@@ -140,10 +133,10 @@ class BratsLabelsFromPredictiond(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        _check_choice("scheme", scheme, SCHEMES)
-        _check_choice("label convention", convention, LABEL_CONVENTIONS)
+        check_scheme(scheme)
+        check_convention(convention)
         self.scheme = scheme
-        parts = LABEL_CONVENTIONS[convention]
+        parts = CONVENTIONS[convention]
         # Written in this order, each over the last: WT, then TC, then ET.
         self.region_values = (parts["edema"], parts["necrosis"], parts["enhancing"])
         self.threshold = threshold

@@ -1,0 +1,48 @@
+"""File helpers that data preparation and inference both use: atomic writes and an inter-process lock.
+
+They sit below both (``refineformer3d.data`` never imports the inference writers) and import neither torch nor MONAI.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+__all__ = ["file_lock", "write_atomically"]
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it to ``path``.
+
+    The file is complete or absent: an interrupted run leaves no truncated file that looks like a result, and a
+    folder watcher (MONAI Label's datastore) never sees one half-written. Same folder, so ``os.replace`` is atomic.
+
+    Args:
+        path: the file to write.
+        write: writes a file at the path it is given (the temporary name keeps ``path``'s extension, ``.nii.gz``
+            included, for writers that choose the format by it).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    # A fresh name rather than mkstemp, which would make the file private (0600) instead of following the umask.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_lock(path: str | os.PathLike) -> FileLock:
+    """An exclusive inter-process lock held on ``path`` (a context manager), on every platform ``filelock`` knows."""
+    return FileLock(str(path))
