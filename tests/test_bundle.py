@@ -24,6 +24,7 @@ INFERENCE = str(CONFIGS / "inference.json")
 REGIONS = str(CONFIGS / "regions.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 META = str(CONFIGS / "metadata.json")
+MLFLOW = str(CONFIGS / "mlflow.json")
 LOGGING = str(CONFIGS / "logging.conf")
 
 # What keeps a CPU test short: the tiny variant, 32^3 crops, no worker processes.
@@ -202,7 +203,7 @@ def test_mlflow_run_records_params_metrics_and_best_checkpoint(tmp_path, tiny_br
         config_file=TRAIN,
         meta_file=META,
         logging_file=LOGGING,
-        tracking="mlflow",
+        tracking=MLFLOW,
         bundle_root=str(tmp_path),
         dataset_dir=str(tiny_brats),
         epochs=1,
@@ -236,7 +237,7 @@ def test_training_on_handed_over_datalists_never_builds_the_default_dataset(tmp_
         config_file=TRAIN,
         meta_file=META,
         logging_file=LOGGING,
-        tracking="mlflow",
+        tracking=MLFLOW,
         bundle_root=str(tmp_path),
         epochs=1,
         **{"train#dataset#data": entries[:2], "validate#dataset#data": entries[2:]},
@@ -258,8 +259,14 @@ def test_regions_scheme_trains_and_writes_brats_labels(tmp_path, tiny_brats):
     _, metrics = _train(tmp_path, tiny_brats, epochs=1, config_file=[TRAIN, REGIONS])
     assert math.isfinite(metrics["val_mean_dice"]) and "val_dice_et" in metrics
     out = tmp_path / "seg"
+    # regions.json overlays training (loss, validate#); inference needs only the scheme
     wf = _workflow(
-        [INFERENCE, REGIONS], tmp_path, tiny_brats / "Brats17ValidationData", workflow_type="infer", output_dir=str(out)
+        INFERENCE,
+        tmp_path,
+        tiny_brats / "Brats17ValidationData",
+        workflow_type="infer",
+        output_dir=str(out),
+        label_scheme="regions",
     )
     wf.run()
     wf.finalize()

@@ -196,8 +196,8 @@ def reported(bundle_root, studies, tmp_path_factory):
 
 def test_handler_is_the_last_one_and_attached(reported):
     _, handlers, evaluator, _, _ = reported
-    assert [type(h).__name__ for h in handlers] == ["CheckpointLoader", "StatsHandler", "StudyReportSaver"]
-    assert evaluator.has_event_handler(handlers[2], Events.ITERATION_COMPLETED)
+    assert [type(h).__name__ for h in handlers] == ["StatsHandler", "StudyReportSaver"]
+    assert evaluator.has_event_handler(handlers[1], Events.ITERATION_COMPLETED)
 
 
 def test_files_lie_beside_the_segmentations(reported, studies):
