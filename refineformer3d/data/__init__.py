@@ -20,6 +20,11 @@ _EXPORTS = {
     "label_convention_of": "datalist",
     "load_datalist": "datalist",
     "write_datalist": "datalist",
+    "DICOM_KEYWORDS": "modalities",
+    "dicom_modality": "modalities",
+    "modality_of_name": "modalities",
+    "find_study_folders": "layouts",
+    "read_study": "layouts",
     "write_studies": "studies",
     "ensure_dataset": "synthetic",
     "make_case": "synthetic",
@@ -43,6 +48,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         load_datalist,
         write_datalist,
     )
+    from .layouts import find_study_folders, read_study  # noqa: F401
+    from .modalities import DICOM_KEYWORDS, dicom_modality, modality_of_name  # noqa: F401
     from .studies import write_studies  # noqa: F401
     from .synthetic import ensure_dataset, make_case, make_dataset  # noqa: F401
     from .transforms import BratsLabelsFromPredictiond, ConvertBratsLabelsd, PathSafeSpacingd  # noqa: F401

@@ -1,16 +1,8 @@
-"""BraTS dataset discovery and Decathlon-style datalists.
+"""Decathlon-style datalists of BraTS datasets, and the studies inference runs on.
 
-Layouts, detected automatically (channel order is always FLAIR, T1, T1ce, T2):
-
-* ``brats2017``: ``Brats17TrainingData/{HGG,LGG}/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` and the flat,
-  unlabelled ``Brats17ValidationData/<case>/...``.
-* ``brats2018-2020``: the same naming with ``Brats18_``, ``BraTS19_`` or ``BraTS20_`` cases (2020 has no grade folders;
-  its ``name_mapping.csv`` gives the grade when present).
-* ``brats2021``: ``BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz``, and any other case naming of the
-  ``<case>/<case>_<modality>`` pattern.
-* ``brats2023``: ``<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`` (BraTS 2023 and later).
-* ``msd``: Medical Segmentation Decathlon Task01_BrainTumour, ``imagesTr/BRATS_XXX.nii.gz`` (4-D, channels FLAIR,
-  T1w, T1gd, T2w), ``labelsTr/``, ``imagesTs/``.
+Layouts (BraTS 2017-2023+, MSD Task01) are detected by :mod:`refineformer3d.data.layouts`; :func:`find_studies` also
+takes single studies in any naming :mod:`refineformer3d.data.modalities` knows. Channel order is always FLAIR, T1,
+T1ce, T2.
 
 Label conventions (raw values of the label files):
 
@@ -32,19 +24,28 @@ On bad input it prints one line to stderr, exits with status 2 and writes nothin
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from refineformer3d.data.errors import DatasetError
+from refineformer3d.data.layouts import (
+    LAYOUTS,
+    _Case,
+    _is_nifti,
+    detect_layout,
+    discover,
+    find_study_folders,
+    read_study,
+)
+from refineformer3d.data.modalities import CHANNELS
 from refineformer3d.io import write_atomically
 from refineformer3d.labels import CONVENTIONS, convention_values
 
@@ -63,188 +64,12 @@ __all__ = [
     "main",
 ]
 
-CHANNELS = ("flair", "t1", "t1ce", "t2")
 SPLITS = ("training", "validation", "testing")
-LAYOUTS = ("brats2017", "brats2018-2020", "brats2021", "brats2023", "msd")
-# Raw label value of each tumour part, per convention (kept under this name: it is part of the public API).
 LABEL_CONVENTIONS = CONVENTIONS
 _CONVENTION_OF_LAYOUT = {"brats2023": "brats2023", "msd": "msd"}  # the others: "brats"
 
-# File suffixes in CHANNELS order, then the label, for each separator between case name and modality.
-_SUFFIXES = {"_": ("flair", "t1", "t1ce", "t2", "seg"), "-": ("t2f", "t1n", "t1c", "t2w", "seg")}
-_YEARS = (
-    ("brats2017", re.compile(r"^brats17_", re.IGNORECASE)),
-    ("brats2018-2020", re.compile(r"^(brats18|brats19|brats20)_", re.IGNORECASE)),
-    ("brats2021", re.compile(r"^brats2021_", re.IGNORECASE)),
-)
-_MSD_IMAGE = re.compile(r"^BRATS_\d+\.nii(\.gz)?$")
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
-_GRADES = ("HGG", "LGG")
 _AFFINE_TOLERANCE = 1e-3  # mm; BraTS modalities are co-registered, so their affines agree to rounding
-_MAX_LISTED = 20
-
-
-class DatasetError(ValueError):
-    """A dataset or datalist that cannot be used; the message names each case, file and problem."""
-
-    def __init__(self, problems: Sequence[str], where: str = "") -> None:
-        self.problems = list(problems)
-        shown = self.problems[:_MAX_LISTED]
-        more = len(self.problems) - len(shown)
-        head = f"{where}: " if where else ""
-        if len(self.problems) > 1:
-            head += f"{len(self.problems)} problems: "
-        super().__init__(head + "; ".join(shown) + (f"; and {more} more" if more else ""))
-
-
-@dataclass
-class _Case:
-    name: str
-    layout: str
-    image: list[Path] | Path  # four files, or one 4-D file (MSD)
-    label: Path | None
-    grade: str | None
-
-
-def _is_nifti(name: str) -> bool:
-    # macOS archives (the MSD tarball included) carry "._" resource forks next to every file.
-    return bool(_NIFTI.search(name)) and not name.startswith(".")
-
-
-def _nifti_file(folder: Path, stem: str, names: set[str]) -> Path | None:
-    for extension in (".nii.gz", ".nii"):
-        if stem + extension in names:
-            return folder / (stem + extension)
-    return None
-
-
-def _name_mapping_grades(folder: Path) -> dict[str, str]:
-    """Grades from BraTS 2020's ``name_mapping.csv`` (columns ``Grade`` and ``BraTS_2020_subject_ID``), if any."""
-    path = folder / "name_mapping.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {
-        r["BraTS_2020_subject_ID"]: r["Grade"]
-        for r in rows
-        if r.get("Grade") in _GRADES and r.get("BraTS_2020_subject_ID")
-    }
-
-
-def _brats_case(
-    folder: Path, names: set[str], root: Path, grades: dict[str, str], need_labels: bool, problems: list[str]
-) -> _Case | None:
-    """The case in ``folder`` if its files are named ``<folder><separator><modality>.nii[.gz]``."""
-    case = folder.name
-    for separator, suffixes in _SUFFIXES.items():
-        found = [_nifti_file(folder, f"{case}{separator}{s}", names) for s in suffixes]
-        if any(found[:4]):
-            break
-    else:
-        return None
-    relative = folder.relative_to(root)
-    for suffix, path in zip(suffixes[:4], found[:4], strict=True):
-        if path is None:
-            problems.append(f"case {case}: missing {suffix} file {(relative / f'{case}{separator}{suffix}.nii.gz')}")
-    label = found[4]
-    if label is None:
-        # BraTS 2020's case 355 ships its label as "W39_1998.09.19_Segm.nii": accept one odd "seg" file.
-        others = [n for n in names if _is_nifti(n) and "seg" in n.lower() and not n.startswith(case)]
-        label = folder / others[0] if len(others) == 1 else None
-    parts = (root.name, *relative.parts[:-1])
-    folder_grade = next((p for p in parts if p in _GRADES), None)
-    # Cases in a training folder or a grade folder must have a label; elsewhere no label means inference only.
-    training = folder_grade is not None or any("training" in p.lower() for p in parts)
-    if label is None and training and need_labels:
-        problems.append(f"case {case}: missing label file {relative / f'{case}{separator}seg.nii.gz'}")
-    if separator == "-":
-        layout = "brats2023"
-    else:
-        layout = next((year for year, pattern in _YEARS if pattern.match(case)), "brats2021")
-    return _Case(case, layout, found[:4], label, folder_grade or grades.get(case))
-
-
-def _msd_cases(folder: Path, names: set[str], need_labels: bool, problems: list[str]) -> list[_Case]:
-    labels = folder.parent / "labelsTr"
-    cases = []
-    for name in sorted(n for n in names if _MSD_IMAGE.match(n)):
-        label = None
-        if folder.name == "imagesTr":
-            label = labels / name
-            if not label.is_file():
-                label = None
-                if need_labels:
-                    problems.append(f"case {_NIFTI.sub('', name)}: missing label file labelsTr/{name}")
-        cases.append(_Case(_NIFTI.sub("", name), "msd", folder / name, label, None))
-    return cases
-
-
-def _discover(dataset_dir: str | os.PathLike, need_labels: bool = True) -> tuple[Path, str, list[_Case]]:
-    """Finds every case below ``dataset_dir``.
-
-    Args:
-        dataset_dir: any folder above the case folders.
-        need_labels: report a missing label file for cases in training (or grade) folders and MSD ``imagesTr``.
-
-    Returns:
-        The absolute dataset root, the layout, and the cases sorted by name.
-
-    Raises:
-        DatasetError: no folder, no cases, mixed layouts, or cases with missing files.
-    """
-    root = Path(dataset_dir).expanduser().absolute()
-    if not root.is_dir():
-        raise DatasetError([f"dataset folder {root} does not exist"])
-    problems: list[str] = []
-    cases: list[_Case] = []
-    niftis: list[str] = []
-    grade_tables: dict[Path, dict[str, str]] = {}
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        folder = Path(folder)
-        names = {f for f in files if _is_nifti(f)}
-        if not names:
-            continue
-        niftis.extend(str((folder / f).relative_to(root)) for f in sorted(names)[:2])
-        if folder.name in ("imagesTr", "imagesTs"):
-            cases.extend(_msd_cases(folder, names, need_labels, problems))
-        else:
-            if folder.parent not in grade_tables:
-                grade_tables[folder.parent] = _name_mapping_grades(folder.parent)
-            case = _brats_case(folder, names, root, grade_tables[folder.parent], need_labels, problems)
-            if case is not None:
-                cases.append(case)
-    if not cases:
-        expected = (
-            "BraTS case folders <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz (2017-2021) or "
-            "<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz (2023+), or MSD Task01 imagesTr/BRATS_XXX.nii.gz"
-        )
-        if not niftis:
-            raise DatasetError([f"no NIfTI files in {root}; expected {expected}"])
-        raise DatasetError(
-            [f"unknown layout in {root}: found NIfTI files such as {', '.join(niftis[:3])} but expected {expected}"]
-        )
-    layouts = sorted({c.layout for c in cases})
-    if len(layouts) > 1:
-        counts = ", ".join(f"{sum(c.layout == lay for c in cases)} {lay}" for lay in layouts)
-        raise DatasetError([f"mixed layouts in {root} ({counts} cases); point at one dataset"])
-    names = [c.name for c in cases]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    problems.extend(f"case {n}: found more than once" for n in duplicates)
-    if problems:
-        raise DatasetError(problems, where=str(root))
-    return root, layouts[0], sorted(cases, key=lambda c: c.name)
-
-
-def detect_layout(dataset_dir: str | os.PathLike) -> str:
-    """Returns the dataset's layout, one of :data:`LAYOUTS`.
-
-    Raises:
-        DatasetError: (a ``ValueError``) for a missing or empty folder, an unknown or mixed layout, or a case missing
-            a modality.
-    """
-    return _discover(dataset_dir, need_labels=False)[1]
 
 
 def _read(path: Path, root: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
@@ -382,7 +207,7 @@ def build_datalist(
                 f"{val_fraction} and {test_fraction}"
             ]
         )
-    root, layout, cases = _discover(dataset_dir)
+    root, layout, cases = discover(dataset_dir)
     convention = _CONVENTION_OF_LAYOUT.get(layout, "brats")
     if verify:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -574,24 +399,41 @@ def _study_file(path: Path) -> dict:
     return {"image": str(path), "case": _NIFTI.sub("", path.name)}
 
 
-def find_studies(source: str | os.PathLike) -> list[dict]:
+def find_studies(
+    source: str | os.PathLike,
+    modality_files: Mapping[str, str | os.PathLike] | None = None,
+    dicom_keywords: Mapping[str, Sequence[str]] | None = None,
+) -> list[dict]:
     """Lists studies for inference.
 
     Args:
         source: one of
             * a dataset folder in any layout: every case, labelled or not;
+            * one study folder, or a folder of study folders, in any naming
+              :mod:`~refineformer3d.data.modalities` knows (BraTS, BIDS, plain names, any prefix; NIfTI, NRRD or
+              MetaImage files, or one sub-folder per DICOM series);
             * a datalist JSON: its ``testing`` list (``test`` for MSD ``dataset.json``);
             * a single 4-D NIfTI file with channels FLAIR, T1, T1ce, T2 last;
             * a folder of such 4-D files (not searched recursively).
+        modality_files: for one study folder, modality -> file (or DICOM series folder), relative to the study or
+            absolute: these files are taken as they are, the other modalities are found by name.
+        dicom_keywords: SeriesDescription phrases per modality, replacing
+            :data:`~refineformer3d.data.modalities.DICOM_KEYWORDS`.
 
     Returns:
         ``[{"image": path or [flair, t1, t1ce, t2], "case": name}]`` with absolute paths, sorted by case; never empty.
 
     Raises:
-        DatasetError: (a ``ValueError``) when nothing usable is found; the message says what was expected.
+        DatasetError: (a ``ValueError``) when nothing usable is found, or a study lacks a modality or has two
+            candidates for one; one line naming the study, the modality and the candidates.
     """
     path = Path(source).expanduser().absolute()
-    if path.is_file() and path.suffix == ".json":
+    if modality_files:
+        folders = find_study_folders(path) if path.is_dir() else []
+        if len(folders) > 1:
+            raise DatasetError([f"{path} holds {len(folders)} studies; a modality mapping applies to one study folder"])
+        studies = [read_study(folders[0] if folders else path, modality_files, dicom_keywords)]
+    elif path.is_file() and path.suffix == ".json":
         entries = load_datalist(path, "testing")
         if not entries:
             raise DatasetError([f"datalist {path} has no testing entries to run inference on"])
@@ -600,12 +442,23 @@ def find_studies(source: str | os.PathLike) -> list[dict]:
         studies = [_study_file(path)]
     elif path.is_dir():
         try:
-            root, _, cases = _discover(path, need_labels=False)
+            root, _, cases = discover(path, need_labels=False)
         except DatasetError as error:
+            folders = find_study_folders(path)
             files = sorted(f for f in path.iterdir() if f.is_file() and _is_nifti(f.name))
-            if not files:
+            if folders:
+                studies, problems = [], []
+                for folder in folders:
+                    try:
+                        studies.append(read_study(folder, dicom_keywords=dicom_keywords))
+                    except DatasetError as bad:
+                        problems.append(str(bad))
+                if problems:
+                    raise DatasetError(problems) from None
+            elif files:
+                studies = [_study_file(f) for f in files]
+            else:
                 raise error from None
-            studies = [_study_file(f) for f in files]
         else:
             studies = [
                 {"image": [str(p) for p in c.image] if isinstance(c.image, list) else str(c.image), "case": c.name}
@@ -613,7 +466,10 @@ def find_studies(source: str | os.PathLike) -> list[dict]:
             ]
     else:
         raise DatasetError(
-            [f"{path} does not exist; expected a dataset folder, a datalist JSON, a 4-D NIfTI file or a folder of them"]
+            [
+                f"{path} does not exist; expected a dataset folder, a study folder, a datalist JSON, a 4-D NIfTI "
+                "file or a folder of them"
+            ]
         )
     return sorted(studies, key=lambda s: (s["case"], str(s["image"])))
 

@@ -1,0 +1,266 @@
+"""Which file or DICOM series of one study is FLAIR, T1, T1ce or T2.
+
+File names are matched case-insensitively on their last name part (after ``_``, ``-`` or ``.``), whatever comes
+before it, in the naming schemes studies arrive in:
+
+=================  ==========  ==========  ==============================================  ==========
+naming             FLAIR       T1          T1ce                                            T2
+=================  ==========  ==========  ==============================================  ==========
+BraTS 2017-2021    ``_flair``  ``_t1``     ``_t1ce``                                       ``_t2``
+BraTS 2023+        ``-t2f``    ``-t1n``    ``-t1c``                                        ``-t2w``
+BIDS               ``_FLAIR``  ``_T1w``    ``_T1w`` with a ``ce-<agent>`` entity            ``_T2w``
+plain              ``flair``   ``t1``      ``t1ce``, ``t1c``, ``t1gd``, ``t1post``,          ``t2``
+                                           ``t1_contrast`` (``_`` or ``-`` after ``t1``
+                                           allowed)
+nnU-Net (Task01)   ``_0000``   ``_0001``   ``_0002``                                        ``_0003``
+=================  ==========  ==========  ==============================================  ==========
+
+A contrast-enhanced T1 is never taken for the plain T1: T1ce is matched first, and a BIDS ``_T1w`` carrying a
+``ce-`` entity is T1ce only. Files named ``seg``, ``label`` or ``mask`` are not images.
+
+DICOM series are named by their SeriesDescription through :data:`DICOM_KEYWORDS`, a table of phrases per modality
+tried in the order FLAIR, T1ce, T2, T1 (the first with a phrase in the description wins), which callers may replace.
+A series taken for T1 that carries a contrast agent (ContrastBolusAgent, tag (0018,0010)) is T1ce.
+
+Everything here reads file names or DICOM headers only; no image data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from refineformer3d.data.errors import DatasetError
+
+__all__ = [
+    "CHANNELS",
+    "DICOM_KEYWORDS",
+    "IMAGE_EXTENSIONS",
+    "DicomSeries",
+    "assign_modalities",
+    "dicom_modality",
+    "dicom_series",
+    "image_stem",
+    "is_image_file",
+    "modality_of_name",
+    "study_name",
+]
+
+CHANNELS = ("flair", "t1", "t1ce", "t2")
+DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
+# Longest first, so ".nii.gz" is not taken for ".gz".
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+_SEP = r"(?:^|[_.\-])"
+# Tried in this order: T1ce before T1, so "t1ce" or "ce-gd_T1w" is never read as T1.
+_NAME_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
+    ("t1ce", re.compile(_SEP + r"t1[_\-]?(?:ce|c|gd|post|contrast)$", re.IGNORECASE)),
+    ("t1ce", re.compile(_SEP + r"ce-[a-z0-9]+(?:_[a-z]+-[a-z0-9]+)*_t1w$", re.IGNORECASE)),
+    ("flair", re.compile(_SEP + r"(?:flair|t2f|0000)$", re.IGNORECASE)),
+    ("t1", re.compile(_SEP + r"(?:t1|t1n|t1w|0001)$", re.IGNORECASE)),
+    ("t1ce", re.compile(_SEP + r"0002$", re.IGNORECASE)),
+    ("t2", re.compile(_SEP + r"(?:t2|t2w|0003)$", re.IGNORECASE)),
+)
+_NOT_IMAGES = re.compile(_SEP + r"(?:seg|label|labels|mask|dseg)$", re.IGNORECASE)
+
+# SeriesDescription phrases per modality, tried in this order; the first modality with a phrase in the description
+# wins. Phrases match whole words of the description, lower-cased, with every run of other characters read as one
+# space ("AX_T1_POST-GAD" reads "ax t1 post gad"). Override with your scanner's names (a mapping of the same form).
+DICOM_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "flair": ("flair", "t2f", "dark fluid", "darkfluid", "tirm"),
+    "t1ce": (
+        "t1ce",
+        "t1c",
+        "t1gd",
+        "t1post",
+        "t1 ce",
+        "t1 c",
+        "t1 gd",
+        "t1 post",
+        "t1 contrast",
+        "t1 +c",
+        "t1+c",
+        "+c",
+        "post gad",
+        "post gd",
+        "post contrast",
+        "postcontrast",
+        "gad",
+    ),
+    "t2": ("t2", "t2w", "t2 tse", "t2 fse"),
+    "t1": ("t1", "t1w", "t1n", "mprage", "spgr", "t1 tse", "t1 se"),
+}
+
+
+def image_stem(name: str) -> str | None:
+    """The name without its image extension, or ``None`` when it is not an image file (hidden files included)."""
+    if name.startswith("."):
+        return None
+    lower = name.lower()
+    for extension in IMAGE_EXTENSIONS:
+        if lower.endswith(extension):
+            return name[: -len(extension)]
+    return None
+
+
+def is_image_file(name: str) -> bool:
+    """``True`` for an image file name this project reads (NIfTI, NRRD, MetaImage)."""
+    return image_stem(name) is not None
+
+
+def modality_of_name(name: str) -> str | None:
+    """The modality a file name stands for, one of :data:`CHANNELS`, or ``None``.
+
+    Example:
+        >>> [modality_of_name(n) for n in ("sub-01_ce-gadolinium_T1w.nii.gz", "sub-01_T1w.nii.gz", "x-t2f.nrrd")]
+        ['t1ce', 't1', 'flair']
+    """
+    stem = image_stem(name)
+    if stem is None or _NOT_IMAGES.search(stem):
+        return None
+    return next((modality for modality, pattern in _NAME_PATTERNS if pattern.search(stem)), None)
+
+
+def study_name(files: Iterable[str | os.PathLike], folder: str | os.PathLike) -> str:
+    """A study's name: the common start of its files' names (``sub-01``, ``BraTS-GLI-00001-000``), else the folder's."""
+    stems = [image_stem(Path(f).name) or Path(f).name for f in files]
+    prefix = os.path.commonprefix(stems) if stems else ""
+    # Cut back to a separator, so "t1.nii.gz" and "t2.nii.gz" give no name rather than "t".
+    cut = max(prefix.rfind(c) for c in "_-.")
+    name = prefix[:cut].rstrip("_-.") if cut > 0 else ""
+    folder = Path(folder)
+    if not name:
+        # BIDS keeps the images in sub-XX[/ses-YY]/anat; name the study after the subject, not "anat".
+        name = folder.parent.name if folder.name == "anat" else folder.name
+    return name
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series of a study: its folder, the header fields that name its modality, and its file count."""
+
+    folder: Path
+    uid: str
+    description: str
+    contrast_agent: str
+    files: int
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_series(folder: str | os.PathLike) -> DicomSeries | None:
+    """The DICOM series held by ``folder`` (one series per folder), or ``None`` when it holds no DICOM file.
+
+    Reads the header of one file (pixel data skipped). Needs pydicom.
+
+    Raises:
+        DatasetError: when the folder's DICOM files belong to more than one series.
+    """
+    folder = Path(folder)
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return None
+    dicoms = [p for p in files if _is_dicom(p)]
+    if not dicoms:
+        return None
+    import pydicom  # only for DICOM studies
+
+    def header(path: Path):
+        return pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["SeriesInstanceUID", "SeriesDescription", "ContrastBolusAgent"],
+        )
+
+    first, last = header(dicoms[0]), header(dicoms[-1])
+    uid = str(first.get("SeriesInstanceUID", ""))
+    if uid != str(last.get("SeriesInstanceUID", "")):
+        raise DatasetError(
+            [
+                f"DICOM folder {folder}: {dicoms[0].name} and {dicoms[-1].name} belong to different series; "
+                "put each series in a folder of its own"
+            ]
+        )
+    return DicomSeries(
+        folder=folder,
+        uid=uid,
+        description=str(first.get("SeriesDescription", "")),
+        contrast_agent=str(first.get("ContrastBolusAgent", "")).strip(),
+        files=len(dicoms),
+    )
+
+
+def dicom_modality(
+    description: str, contrast_agent: str = "", keywords: Mapping[str, Sequence[str]] | None = None
+) -> str | None:
+    """The modality a DICOM series stands for, from its SeriesDescription and contrast agent (0018,0010).
+
+    Args:
+        description: the SeriesDescription.
+        contrast_agent: the ContrastBolusAgent, empty when absent.
+        keywords: modality -> phrases, tried in order (default :data:`DICOM_KEYWORDS`).
+
+    Returns:
+        One of :data:`CHANNELS`, or ``None`` (localisers, diffusion and other series).
+
+    Example:
+        >>> dicom_modality("AX T1 MPRAGE"), dicom_modality("AX T1 MPRAGE", "GADOVIST"), dicom_modality("t2_flair_tra")
+        ('t1', 't1ce', 'flair')
+    """
+    table = DICOM_KEYWORDS if keywords is None else keywords
+    unknown = sorted(set(table) - set(CHANNELS))
+    if unknown:
+        raise ValueError(f"DICOM keyword table names unknown modalities {unknown}; expected some of {list(CHANNELS)}")
+    words = " " + " ".join(re.findall(r"[a-z0-9+]+", description.lower())) + " "
+    found = next((m for m, phrases in table.items() if any(f" {p.lower()} " in words for p in phrases)), None)
+    if found == "t1" and contrast_agent:
+        return "t1ce"
+    return found
+
+
+def assign_modalities(
+    candidates: Mapping[str, Sequence[str | os.PathLike]], study: str, given: Mapping[str, str] | None = None
+) -> list[str]:
+    """The four files of a study in :data:`CHANNELS` order, or one error naming every gap.
+
+    Args:
+        candidates: modality -> the files (or DICOM series folders) that look like it.
+        study: the study's name, for the error.
+        given: modality -> file chosen by the user; it wins over the candidates.
+
+    Returns:
+        ``[flair, t1, t1ce, t2]`` as strings.
+
+    Raises:
+        DatasetError: one line naming the study and, per missing or ambiguous modality, the candidates.
+    """
+    given = dict(given or {})
+    chosen, problems = [], []
+    for modality in CHANNELS:
+        if modality in given:
+            chosen.append(str(given[modality]))
+            continue
+        found = [str(f) for f in candidates.get(modality, ()) if str(f) not in given.values()]
+        if len(found) == 1:
+            chosen.append(found[0])
+            continue
+        hint = f"map it with --modality {modality}=FILE, or --modality_files#{modality} FILE in the bundle"
+        if not found:
+            problems.append(f"no {DISPLAY[modality]} file ({hint})")
+        else:
+            names = ", ".join(Path(f).name for f in found)
+            problems.append(f"{len(found)} candidates for {DISPLAY[modality]}: {names} ({hint})")
+    if problems:
+        raise DatasetError(problems, where=f"study {study}")
+    return chosen
