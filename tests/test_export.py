@@ -201,7 +201,8 @@ def test_static_calibration_windows_sit_on_the_brain():
 
 def test_metadata_says_the_weights_are_synthetic_and_not_clinical():
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
-    text = json.dumps(metadata["eval_metrics"]).lower()
+    assert all(isinstance(v, (int, float)) for v in metadata["eval_metrics"].values())  # the zoo's numbers only
+    text = metadata["eval_data"].lower()
     assert "synthetic" in text and "not for clinical use" in text
 
 
