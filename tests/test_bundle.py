@@ -396,3 +396,17 @@ def test_net_in_out_and_torchscript_export(tmp_path):
         "",
     )
     assert ts.exists() and torch.jit.load(str(ts)) is not None
+
+
+@pytest.mark.parametrize("config", [TRAIN, INFERENCE])
+def test_bundle_root_is_found_from_the_repository_or_the_bundle_folder(config, tmp_path, monkeypatch):
+    """The README runs the configs from the repository root, the zoo from inside the bundle folder: no --bundle_root."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    monkeypatch.chdir(REPO)
+    assert parser.get_parsed_content("bundle_root") == "bundle"
+    parser.parse(reset=True)
+    monkeypatch.chdir(tmp_path)  # a bundle folder: configs/ here, no bundle/configs/ below
+    assert parser.get_parsed_content("bundle_root") == "."
