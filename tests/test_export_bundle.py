@@ -7,7 +7,6 @@ import ast
 import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 import sysconfig
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, run_checked
 
 from refineformer3d.export_bundle import BUNDLE_NAME, main
 
@@ -155,16 +154,7 @@ def test_zoo_commands_and_inference_run_from_the_bundle_alone(exported, tiny_bra
     driver.write_text(DRIVER)
     study = next((tiny_brats / "Brats17ValidationData").iterdir())
     out = tmp_path / "segmentations"
-    proc = subprocess.run(
-        [sys.executable, "-S", str(driver), str(study), str(out)],
-        cwd=exported,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    errors = [line for line in proc.stderr.splitlines() if "Error" in line]
-    assert proc.returncode == 0, (errors[:1], proc.stderr[-2000:])
+    proc = run_checked([sys.executable, "-S", str(driver), str(study), str(out)], cwd=exported, env=_clean_env())
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(result["package"]).resolve() == (exported / "refineformer3d" / "__init__.py").resolve()
     assert result["missing_properties"] == [] and result["bundle_root"] == "."
