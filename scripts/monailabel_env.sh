@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the virtual environment MONAI Label runs in, with this project installed into it so that the
-# bundle's configs resolve. Prints the environment's path on the last line.
+# Creates (or reuses) the virtual environment MONAI Label runs in. This project is not installed into it: the app
+# serves the exported bundle, which carries the package code (scripts/monailabel_app.sh). Prints the environment's
+# path on the last line.
 #
 #   bash scripts/monailabel_env.sh [VENV]        (default: $MONAILABEL_VENV or .venv-monailabel in the repo)
 #
@@ -12,7 +13,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${1:-${MONAILABEL_VENV:-$repo/.venv-monailabel}}
 python=${PYTHON:-python3}
 
-if [ -x "$venv/bin/monailabel" ] && "$venv/bin/python" -c "import monailabel, torchvision, refineformer3d" 2>/dev/null; then
+if [ -x "$venv/bin/monailabel" ] && "$venv/bin/python" -c "import monailabel, torchvision" 2>/dev/null; then
     echo "$venv"
     exit 0
 fi
@@ -21,6 +22,5 @@ fi
 # full build that torchvision links against is installed.
 env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$venv/bin/pip" install --upgrade pip
 env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$venv/bin/pip" install -r "$repo/scripts/monailabel-requirements.txt"
-"$venv/bin/pip" install --no-deps -e "$repo"
-"$venv/bin/python" -c "import monailabel, torchvision, refineformer3d"
+"$venv/bin/python" -c "import monailabel, torchvision"
 echo "$venv"

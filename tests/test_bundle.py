@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, run_checked
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
@@ -112,8 +111,10 @@ def test_metadata_has_required_keys_and_installed_versions():
 def test_training_writes_best_model_and_resume_checkpoint(trained):
     root, metrics = trained
     assert math.isfinite(metrics["val_mean_dice"])
-    for name in ("val_dice_tc", "val_dice_edema", "val_dice_wt", "val_mean_iou", "val_hd95"):
-        assert name in metrics
+    for name in ("val_dice_tc", "val_dice_edema", "val_dice_wt", "val_mean_iou"):
+        assert 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
+    # HD95 is infinite while a class is predicted nowhere, never NaN or negative
+    assert metrics["val_hd95"] >= 0.0 and not math.isnan(metrics["val_hd95"])
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     from refineformer3d.networks import create_model
@@ -192,7 +193,8 @@ def test_inference_lands_on_the_input_grid(trained, tiny_brats, tmp_path):
         assert nib.aff2axcodes(seg.affine) == ("L", "P", "S")
         data = np.asanyarray(seg.dataobj)
         assert data.dtype == np.uint8
-        assert set(np.unique(data)) <= {0, 1, 2}
+        # every class present (the seeded 2-epoch model finds both): a subset check would pass on an empty output
+        assert set(np.unique(data)) == {0, 1, 2}
     assert {p: p.read_bytes() for p in studies.rglob("*.nii.gz")} == before, "inputs must never be modified"
     assert not list(outputs.glob(".*")), "no temporary files left behind"
 
@@ -273,16 +275,12 @@ def test_regions_scheme_trains_and_writes_brats_labels(tmp_path, tiny_brats):
     segs = sorted(out.glob("*_seg.nii.gz"))
     assert len(segs) == 2
     for seg in segs:
-        assert set(np.unique(np.asanyarray(nib.load(seg).dataobj))) <= {0, 1, 2, 4}
+        # all four BraTS labels (the seeded model predicts every region): enhancing tumour is written as 4, not 3
+        assert set(np.unique(np.asanyarray(nib.load(seg).dataobj))) == {0, 1, 2, 4}
 
 
-def _cli(*args, env=None, timeout=600):
-    cmd = [sys.executable, "-m", "monai.bundle", *args]
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def _cli(*args):
+    return run_checked([sys.executable, "-m", "monai.bundle", *args])
 
 
 def _cli_overrides(root, data):
@@ -308,7 +306,9 @@ def _cli_overrides(root, data):
     ]
 
 
-@pytest.mark.parametrize("run_key", [["run", "training"], ["run"]], ids=["training", "run"])
+@pytest.mark.parametrize(
+    "run_key", [["run", "training"], pytest.param(["run"], marks=pytest.mark.slow)], ids=["training", "run"]
+)
 def test_cli_train_command_as_documented(tmp_path, tiny_brats, run_key):
     _cli(
         *run_key,
@@ -323,6 +323,7 @@ def test_cli_train_command_as_documented(tmp_path, tiny_brats, run_key):
     assert (tmp_path / "models" / "model.pt").exists()
 
 
+@pytest.mark.slow  # two processes, each importing MONAI and training
 def test_ddp_two_cpu_processes_train_one_epoch(tmp_path, tiny_brats):
     cmd = [
         sys.executable,
@@ -341,10 +342,7 @@ def test_ddp_two_cpu_processes_train_one_epoch(tmp_path, tiny_brats):
         LOGGING,
         *_cli_overrides(tmp_path, tiny_brats),
     ]
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_checked(cmd, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert (tmp_path / "models" / "model.pt").exists()
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
 
@@ -396,3 +394,17 @@ def test_net_in_out_and_torchscript_export(tmp_path):
         "",
     )
     assert ts.exists() and torch.jit.load(str(ts)) is not None
+
+
+@pytest.mark.parametrize("config", [TRAIN, INFERENCE])
+def test_bundle_root_is_found_from_the_repository_or_the_bundle_folder(config, tmp_path, monkeypatch):
+    """The README runs the configs from the repository root, the zoo from inside the bundle folder: no --bundle_root."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    monkeypatch.chdir(REPO)
+    assert parser.get_parsed_content("bundle_root") == "bundle"
+    parser.parse(reset=True)
+    monkeypatch.chdir(tmp_path)  # a bundle folder: configs/ here, no bundle/configs/ below
+    assert parser.get_parsed_content("bundle_root") == "."

@@ -123,7 +123,7 @@ def test_info_lists_the_label_names_of_channel_def(server):
 
 
 @pytest.mark.parametrize("index", [0, 1])
-def test_infer_a_4d_study_as_slicer_does(server, index):
+def test_infer_a_4d_study_as_slicer_does(server, index, shipped_weights):
     labelled = sorted((server["studies"] / "labels" / "final").glob("*.nii.gz"))
     study = labelled[index].name[: -len(".nii.gz")]
     image = nib.load(server["studies"] / f"{study}.nii.gz")

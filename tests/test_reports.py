@@ -209,7 +209,7 @@ def test_files_lie_beside_the_segmentations(reported, studies):
 
 
 def test_report_volumes_are_the_written_segmentation(reported, studies):
-    out = reported[0]
+    out, _, evaluator, _, _ = reported
     version = json.loads(Path(META).read_text())["version"]
     segmented = 0.0
     for case in sorted(p.name for p in studies.iterdir()):
@@ -231,7 +231,8 @@ def test_report_volumes_are_the_written_segmentation(reported, studies):
         assert report["segmentation"] == str(out / f"{case}_seg.nii.gz")
         assert report["png"] == str(out / f"{case}_seg.png")
         assert report["input_files"] == [str(studies / case / f"{case}_flair.nii.gz")]
-        assert report["runtime_s"] > 0 and report["runtime_covers"]
+        # one study's time, within the whole inference run that Ignite timed
+        assert 0 < report["runtime_s"] < evaluator.state.times["COMPLETED"] and report["runtime_covers"]
         assert report["device"] == "cpu" and report["model_version"] == version
         assert "not for clinical use" in report["intended_use"]
     assert segmented > 0, "the random network segments something, so the volumes are checked on non-zero counts"
@@ -272,7 +273,7 @@ def test_image_is_invertible_after_postprocessing(reported):
 
 def test_both_flags_off_leaves_the_handler_out(bundle_root, studies, tmp_path):
     wf = _workflow(bundle_root, studies, tmp_path)
-    assert [type(h).__name__ for h in wf.parser.get_parsed_content("handlers")] == ["CheckpointLoader", "StatsHandler"]
+    assert [type(h).__name__ for h in wf.parser.get_parsed_content("handlers")] == ["StatsHandler"]
     wf.run()
     wf.finalize()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p.name}_seg.nii.gz" for p in studies.iterdir())
