@@ -148,7 +148,7 @@ def test_crash_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return make_case(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "make_case", failing)
+    monkeypatch.setattr(synthetic.dataset, "make_case", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         make_dataset(tmp_path / "brats", cases=2, validation_cases=0, shape=(32, 32, 32))
     assert list(tmp_path.iterdir()) == []
@@ -159,7 +159,9 @@ def test_ensure_dataset_makes_once_and_reuses(tmp_path, monkeypatch):
     root = ensure_dataset(cases=1, validation_cases=1, seed=2, shape=(32, 32, 32))
     assert Path(root).parent == tmp_path / "cache" and "s2" in Path(root).name
     before = files(Path(root))
-    monkeypatch.setattr(synthetic, "_write_dataset", lambda *a, **k: pytest.fail("regenerated a complete dataset"))
+    monkeypatch.setattr(
+        synthetic.dataset, "_write_dataset", lambda *a, **k: pytest.fail("regenerated a complete dataset")
+    )
     assert ensure_dataset(cases=1, validation_cases=1, seed=2, shape=(32, 32, 32)) == root
     assert files(Path(root)) == before
     with pytest.raises(pytest.fail.Exception):  # other parameters: another dataset

@@ -220,3 +220,47 @@ def test_benchmark_times_each_runtime_on_a_study(exported, study, shipped_weight
     lines = [line for line in capsys.readouterr().out.splitlines() if "median" in line]
     assert [line.split(":")[0] for line in lines] == ["pytorch model.pt", "onnxruntime model.onnx"]
     assert all(0 < float(line.split("median ")[1].split(" s")[0]) < elapsed for line in lines)
+
+
+def test_onnx_overlay_reads_no_checkpoint_and_segments_as_pytorch(tiny_brats, tmp_path):
+    """inference_onnx.json on a seeded tiny network, in-process: its named checkpoint loader is off (the checkpoint
+    path points nowhere) and ONNX Runtime writes PyTorch's segmentation."""
+    from monai.bundle import ConfigWorkflow
+
+    from refineformer3d.networks import create_model
+
+    torch.manual_seed(0)
+    network = create_model("refineformer3d_tiny", in_channels=4, out_channels=3).eval()
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    torch.onnx.export(network, torch.zeros(1, 4, 32, 32, 32), tmp_path / "model.onnx", **ONNX_KWARGS)
+    studies = tiny_brats / "Brats17ValidationData"
+    runs = {
+        "pytorch": ([CONFIGS / "inference.json"], {"ckpt_path": str(tmp_path / "model.pt")}),
+        "onnx": (
+            [CONFIGS / "inference.json", CONFIGS / "inference_onnx.json"],
+            {"onnx_path": str(tmp_path / "model.onnx"), "ckpt_path": str(tmp_path / "none.pt")},
+        ),
+    }
+    for name, (configs, paths) in runs.items():
+        wf = ConfigWorkflow(
+            config_file=[str(c) for c in configs],
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=str(CONFIGS / "logging.conf"),
+            workflow_type="infer",
+            dataset_dir=str(studies),
+            output_dir=str(tmp_path / name),
+            roi_size=[32, 32, 32],
+            num_workers=0,
+            **{
+                "network_def#_target_": "refineformer3d.networks.create_model",
+                "network_def#name": "refineformer3d_tiny",
+            },
+            **paths,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    for study in sorted(p.name for p in studies.iterdir()):
+        reference, onnx = (np.asarray(nib.load(tmp_path / k / f"{study}_seg.nii.gz").dataobj) for k in runs)
+        assert {1, 2} <= set(np.unique(reference))  # the seeded network segments something to compare
+        assert min(_dice(onnx == c, reference == c) for c in (1, 2)) >= 0.999
