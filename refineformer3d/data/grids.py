@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -37,8 +38,10 @@ __all__ = [
     "MAX_BRAIN_ML",
     "MIN_OVERLAP",
     "MIN_ZERO_FRACTION",
+    "InputError",
     "LoadStudyd",
     "check_grids",
+    "inference_studies",
     "overlap_fraction",
     "read_geometry",
     "register_rigid",
@@ -177,6 +180,59 @@ def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregiste
     if problems:
         raise DatasetError(problems)
     return studies
+
+
+class InputError(SystemExit):
+    """Bad input met while a bundle config is parsed: one line on stderr and exit status 2, no traceback.
+
+    MONAI's config parser wraps every exception of a ``$`` expression in ``RuntimeError("Failed to evaluate ...")``,
+    so a ``ValueError`` would end ``python -m monai.bundle run`` with a line that names no study. ``SystemExit`` passes
+    through unwrapped; :attr:`message` keeps the line for callers that catch it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def inference_studies(
+    source: str | os.PathLike,
+    modality_files: Mapping[str, str] | None = None,
+    dicom_keywords: Mapping[str, Sequence[str]] | None = None,
+    reference_modality: str = "t1ce",
+    coregister: bool = False,
+    output_format: str = "nifti",
+) -> list[dict]:
+    """The studies ``inference.json`` segments: :func:`~refineformer3d.data.find_studies`, then :func:`check_grids`.
+
+    ``output_format="dicom-seg"`` also needs each study's reference modality as a DICOM series (the SEG references it).
+
+    Raises:
+        InputError: (a ``SystemExit`` with status 2) after printing ``error: <one line naming the study and file>`` to
+            stderr, for any input problem either finds.
+    """
+    from refineformer3d.data.datalist import find_studies
+
+    try:
+        studies = check_grids(find_studies(source, modality_files, dicom_keywords), reference_modality, coregister)
+        if output_format == "dicom-seg":
+            index = _reference_index(reference_modality)
+            problems = [
+                f"study {s['case']}: DICOM SEG output needs the {DISPLAY[reference_modality]} as a DICOM series "
+                f"folder, got {reference}; choose output_format nifti or nrrd"
+                for s in studies
+                for reference in [s["image"] if isinstance(s["image"], str) else s["image"][index]]
+                if not Path(reference).is_dir()
+            ]
+            if problems:
+                raise DatasetError(problems)
+        return studies
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise InputError(str(error)) from None
 
 
 def skull_strip_warning(image: torch.Tensor | np.ndarray, affine: np.ndarray) -> str:

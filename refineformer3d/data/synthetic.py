@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -44,6 +45,8 @@ from scipy.spatial.transform import Rotation
 from refineformer3d.io import file_lock
 
 __all__ = ["MODALITIES", "SyntheticCase", "make_case", "make_dataset", "ensure_dataset", "main"]
+
+logger = logging.getLogger(__name__)
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 GENERATOR_VERSION = 1
@@ -499,9 +502,15 @@ def _save_preview(case: SyntheticCase, path: Path) -> None:
 
 
 def _write_dataset(root: Path, cases: int, validation_cases: int, seed: int, shape: tuple, preview: bool) -> None:
+    total, done = cases + validation_cases, 0
+    logger.info(
+        "making %d synthetic studies of %s voxels in %s (once; reused after)", total, "x".join(map(str, shape)), root
+    )
     for validation, count in ((False, cases), (True, validation_cases)):
         for index in range(1, count + 1):
             case = make_case(seed, index, shape, validation=validation)
+            done += 1
+            logger.info("synthetic study %d/%d: %s", done, total, case.name)
             folder = root / VALIDATION_DIR / case.name if validation else root / TRAINING_DIR / case.grade / case.name
             folder.mkdir(parents=True)
             for modality, volume in zip(MODALITIES, case.images, strict=True):
