@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -344,9 +345,13 @@ class LoadStudyd(MapTransform):
         self.case_key = case_key
         # Chosen by format among these two (the last that can read a file wins: nibabel for NIfTI, ITK for DICOM
         # series, NRRD and MetaImage); naming them keeps MONAI from also trying its pydicom readers.
-        self.loader = LoadImage(
-            reader=[ITKReader(), NibabelReader()], image_only=True, ensure_channel_first=True, dtype=np.float32
-        )
+        with warnings.catch_warnings():
+            # LoadImage also builds MONAI's GPU DICOM reader whenever pydicom is installed, which warns on every
+            # machine without nvImageCodec; DICOM series are read by ITK here.
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            self.loader = LoadImage(
+                reader=[ITKReader(), NibabelReader()], image_only=True, ensure_channel_first=True, dtype=np.float32
+            )
         self.resample = ResampleToMatch(mode=mode, padding_mode="zeros")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
