@@ -91,11 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the bundle's inference; returns the exit status (2 for input problems)."""
     args = _parser().parse_args(argv)
     bundle = Path(args.bundle_dir)
+    from refineformer3d.data import InputError
+
     try:
         values = overrides(args)
         from monai.bundle import run
-
-        from refineformer3d.data import InputError
 
         run(
             config_file=str(bundle / "configs" / "inference.json"),
