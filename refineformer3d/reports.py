@@ -8,7 +8,8 @@ label map on the input grid and, with ``SaveImaged(..., savepath_in_metadict=Tru
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ __all__ = [
     "tumour_slices",
     "voxel_volume_ml",
 ]
+
+logger = logging.getLogger(__name__)
 
 NOT_FOR_CLINICAL_USE = "Research use only. Not a medical device; not for clinical use."
 RUNTIME_COVERS = (
@@ -207,8 +210,10 @@ class StudyReportSaver:
     ``SaveImaged(..., savepath_in_metadict=True)``. For each study of an iteration it reads ``pred``, the label map
     (1, X, Y, Z) on the input grid, and ``image``, the preprocessed image (C, ...) with its ``applied_operations``.
 
-    The report (JSON) holds the study name, the input file(s) as ``LoadImage`` recorded them (for a study of one file
-    per modality, the first file), the segmentation's path, the label scheme and label names, the voxel volume and the
+    The report (JSON) holds the study name, the input files (modality -> file for a study loaded by
+    :class:`~refineformer3d.data.LoadStudyd`, else the file ``LoadImage`` recorded), the reference modality and grid
+    (shape, spacing, RAS affine) the segmentation is written on, warnings (a study that looks not skull-stripped),
+    the segmentation's path, the label scheme and label names, the voxel volume and the
     volume of each label and each region in mL (voxel counts of the label map on the input grid, so of the written
     file), the run time (``runtime_s``, explained in ``runtime_covers``), the device, the model version and a line
     saying it is not for clinical use.
@@ -330,9 +335,22 @@ class StudyReportSaver:
             self._write_png(png, image, pred, study, volumes)
         sources = pred.meta.get(ImageMetaKey.FILENAME_OR_OBJ)
         saved_to = pred.meta.get(MetaKeys.SAVED_TO)
+        modality_files = pred.meta.get("modality_files")
+        if isinstance(modality_files, Mapping):
+            input_files = {str(m): str(f) for m, f in modality_files.items()}
+        else:
+            input_files = [str(s) for s in (sources if isinstance(sources, (list, tuple)) else [sources]) if s]
+        affine = np.asarray(pred.affine, dtype=np.float64)
         report = {
             "study": study,
-            "input_files": [str(s) for s in (sources if isinstance(sources, (list, tuple)) else [sources]) if s],
+            "input_files": input_files,
+            "reference_modality": pred.meta.get("reference_modality"),
+            "reference_grid": {
+                "shape": [int(s) for s in pred.shape[1:]],
+                "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
+                "affine_ras": affine.tolist(),
+            },
+            "warnings": [w for w in [pred.meta.get("skull_strip_warning")] if w],
             "segmentation": str(saved_to) if saved_to else None,
             "png": str(png) if self.write_png else None,
             "label_scheme": self.label_scheme,
@@ -348,7 +366,8 @@ class StudyReportSaver:
         }
         if self.write_report:
             text = json.dumps(report, indent=2) + "\n"
-            write_atomically(self.output_dir / f"{study}_report.json", lambda f: Path(f).write_text(text))
+            path = write_atomically(self.output_dir / f"{study}_report.json", lambda f: Path(f).write_text(text))
+            logger.info("wrote %s", path)
         return report
 
     def _write_png(self, path: Path, image: MetaTensor, pred: MetaTensor, study: str, volumes: dict) -> None:
@@ -372,3 +391,4 @@ class StudyReportSaver:
             dpi=self.dpi,
         )
         write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi, facecolor=fig.get_facecolor()))
+        logger.info("wrote %s", path)

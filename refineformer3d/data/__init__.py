@@ -25,6 +25,10 @@ _EXPORTS = {
     "modality_of_name": "modalities",
     "find_study_folders": "layouts",
     "read_study": "layouts",
+    "LoadStudyd": "grids",
+    "check_grids": "grids",
+    "inference_studies": "grids",
+    "InputError": "grids",
     "write_studies": "studies",
     "ensure_dataset": "synthetic",
     "make_case": "synthetic",
@@ -48,6 +52,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         load_datalist,
         write_datalist,
     )
+    from .grids import InputError, LoadStudyd, check_grids, inference_studies  # noqa: F401
     from .layouts import find_study_folders, read_study  # noqa: F401
     from .modalities import DICOM_KEYWORDS, dicom_modality, modality_of_name  # noqa: F401
     from .studies import write_studies  # noqa: F401

@@ -254,11 +254,20 @@ def write_datalist(datalist: Mapping, output: str | os.PathLike) -> Path:
 
 
 def _absolute(value, base: Path, where: str):
+    if isinstance(value, Mapping):
+        # The explicit form {"flair": ..., "t1": ..., "t1ce": ..., "t2": ...}: stored in channel order.
+        missing = [c for c in CHANNELS if c not in value]
+        unknown = sorted(set(value) - set(CHANNELS))
+        if missing or unknown:
+            raise DatasetError(
+                [f"{where}: a modality mapping needs the keys {list(CHANNELS)}; missing {missing}, unknown {unknown}"]
+            )
+        value = [value[c] for c in CHANNELS]
     if isinstance(value, str):
         return os.path.normpath(os.path.join(base, value))
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [_absolute(v, base, where) for v in value]
-    raise DatasetError([f"{where}: expected a path or a list of paths, got {value!r}"])
+    raise DatasetError([f"{where}: expected a path, a list of paths or a modality mapping, got {value!r}"])
 
 
 def _convention_of(content: Mapping, where: str) -> str:
@@ -307,7 +316,9 @@ def _load_json(path: Path) -> dict:
                 if key in entry:
                     entry[key] = _absolute(entry[key], base, f"datalist {path}: {split}[{i}].{key}")
                     files = entry[key] if isinstance(entry[key], list) else [entry[key]]
-                    problems += [f"{split}[{i}]: missing file {f}" for f in files if not os.path.isfile(f)]
+                    # An image may be a DICOM series folder.
+                    exists = os.path.exists if key == "image" else os.path.isfile
+                    problems += [f"{split}[{i}]: missing file {f}" for f in files if not exists(f)]
             resolved.append(entry)
         datalist[split] = resolved
     if problems:

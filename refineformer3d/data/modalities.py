@@ -89,6 +89,7 @@ DICOM_KEYWORDS: dict[str, tuple[str, ...]] = {
         "post contrast",
         "postcontrast",
         "gad",
+        "gd",
     ),
     "t2": ("t2", "t2w", "t2 tse", "t2 fse"),
     "t1": ("t1", "t1w", "t1n", "mprage", "spgr", "t1 tse", "t1 se"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -16,6 +17,8 @@ from refineformer3d.io import file_lock
 
 from .phantom import BRATS_SHAPE, MODALITIES, _check_shape, make_case
 from .preview import _save_preview
+
+logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 TRAINING_DIR = "Brats17TrainingData"
@@ -34,9 +37,15 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _write_dataset(root: Path, cases: int, validation_cases: int, seed: int, shape: tuple, preview: bool) -> None:
+    total, done = cases + validation_cases, 0
+    logger.info(
+        "making %d synthetic studies of %s voxels in %s (once; reused after)", total, "x".join(map(str, shape)), root
+    )
     for validation, count in ((False, cases), (True, validation_cases)):
         for index in range(1, count + 1):
             case = make_case(seed, index, shape, validation=validation)
+            done += 1
+            logger.info("synthetic study %d/%d: %s", done, total, case.name)
             folder = root / VALIDATION_DIR / case.name if validation else root / TRAINING_DIR / case.grade / case.name
             folder.mkdir(parents=True)
             for modality, volume in zip(MODALITIES, case.images, strict=True):

@@ -1,0 +1,396 @@
+"""One study's four modalities onto one grid: header geometry, the overlap check, loading and resampling.
+
+Real studies keep each modality on its own grid (a T2 at 1x1x3 mm beside a 1 mm T1ce, a FLAIR stored LPS). Each
+file is read with its own geometry by MONAI's ``LoadImage``, which picks the reader by format (nibabel for NIfTI; ITK
+for DICOM series, NRRD and MetaImage), and every modality is resampled in physical (world) space onto the grid of a
+reference modality, T1ce by default, as BraTS co-registers to T1ce, with MONAI's ``ResampleToMatch``. A modality on
+the reference's grid already is taken as it is, so a co-registered BraTS study loads exactly as four stacked files.
+
+Modalities that barely overlap in world space were not co-registered: :func:`check_grids` names them before any
+image is read. ``coregister=True`` registers each modality rigidly onto the reference first (ITK's v4 registration,
+versor rigid transform, Mattes mutual information, initialised by aligning the centres of mass).
+
+Skull stripping: the shipped models expect skull-stripped input, as BraTS is. :func:`skull_strip_warning` looks at
+the reference modality: a skull-stripped scan is zero outside the brain, so (a) most of a BraTS-like field of view
+is exactly zero and (b) the non-zero volume is about that of a brain (1.0 to 1.8 L). A study where under
+:data:`MIN_ZERO_FRACTION` of the voxels are zero, or whose non-zero part exceeds :data:`MAX_BRAIN_ML`, is reported as
+probably not skull-stripped (in the log and the JSON report); it is still segmented.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ITKReader, MetaTensor, NibabelReader
+from monai.transforms import LoadImage, MapTransform, ResampleToMatch
+
+from refineformer3d.data.errors import DatasetError
+from refineformer3d.data.modalities import CHANNELS, DISPLAY, image_stem
+
+__all__ = [
+    "MAX_BRAIN_ML",
+    "MIN_OVERLAP",
+    "MIN_ZERO_FRACTION",
+    "InputError",
+    "LoadStudyd",
+    "check_grids",
+    "inference_studies",
+    "overlap_fraction",
+    "read_geometry",
+    "register_rigid",
+    "skull_strip_warning",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_OVERLAP = 0.5  # share of the reference's field of view another modality must cover in world space
+MIN_ZERO_FRACTION = 0.3
+MAX_BRAIN_ML = 2500.0
+_SAME_GRID_MM = 1e-3  # affines that agree to this are one grid (BraTS writes its modalities' affines identically)
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _itk_affine(origin, spacing, direction) -> np.ndarray:
+    """The 4x4 RAS affine of an ITK (LPS) geometry."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(direction, dtype=np.float64) @ np.diag(np.asarray(spacing, dtype=np.float64))
+    affine[:3, 3] = origin
+    return _LPS_TO_RAS @ affine
+
+
+def _dicom_geometry(folder: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+    import pydicom
+
+    headers = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except pydicom.errors.InvalidDicomError:
+            continue
+    first = headers[0]
+    rows_dir, cols_dir = (
+        np.asarray(first.ImageOrientationPatient[:3], float),
+        np.asarray(first.ImageOrientationPatient[3:], float),
+    )
+    normal = np.cross(rows_dir, cols_dir)
+    positions = sorted((np.asarray(h.ImagePositionPatient, float) for h in headers), key=lambda p: float(p @ normal))
+    step = (positions[-1] - positions[0]) / max(1, len(positions) - 1) if len(positions) > 1 else normal
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    affine = np.eye(4)
+    affine[:3, 0] = rows_dir * col_spacing
+    affine[:3, 1] = cols_dir * row_spacing
+    affine[:3, 2] = step
+    affine[:3, 3] = positions[0]
+    return _LPS_TO_RAS @ affine, (int(first.Columns), int(first.Rows), len(positions))
+
+
+def read_geometry(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A file's (or DICOM series folder's) RAS affine (4, 4) and spatial shape, from its header only.
+
+    Raises:
+        DatasetError: naming the file when its header cannot be read.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return _dicom_geometry(path)
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            image = nib.load(path)
+            return np.asarray(image.affine, dtype=np.float64), tuple(int(s) for s in image.shape[:3])
+        import itk
+
+        io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+        if io is None:
+            raise ValueError("no ITK reader for this file")
+        io.SetFileName(str(path))
+        io.ReadImageInformation()
+        n = io.GetNumberOfDimensions()
+        if n < 3:
+            raise ValueError(f"{n}-D image, expected 3-D")
+        direction = np.array([io.GetDirection(j) for j in range(3)], dtype=np.float64).T[:3, :3]
+        affine = _itk_affine([io.GetOrigin(i) for i in range(3)], [io.GetSpacing(i) for i in range(3)], direction)
+        return affine, tuple(int(io.GetDimensions(i)) for i in range(3))
+    except DatasetError:
+        raise
+    except Exception as error:  # nibabel, ITK and pydicom raise many types for a bad header; all mean the same here
+        raise DatasetError([f"cannot read the header of {path} ({type(error).__name__}: {error})"]) from None
+
+
+def _world_box(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned world box around a grid's voxels (each voxel counted to its edges)."""
+    corners = np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in shape], indexing="ij")).reshape(3, -1)
+    world = affine[:3, :3] @ corners + affine[:3, 3:4]
+    return world.min(axis=1), world.max(axis=1)
+
+
+def overlap_fraction(reference: tuple[np.ndarray, Sequence[int]], other: tuple[np.ndarray, Sequence[int]]) -> float:
+    """Share of the reference's field of view (world box) that ``other``'s field of view covers, in [0, 1]."""
+    (low_r, high_r), (low_o, high_o) = _world_box(*reference), _world_box(*other)
+    common = np.clip(np.minimum(high_r, high_o) - np.maximum(low_r, low_o), 0, None)
+    return float(np.prod(common) / max(np.prod(high_r - low_r), 1e-12))
+
+
+def _reference_index(reference_modality: str) -> int:
+    if reference_modality not in CHANNELS:
+        raise ValueError(f"reference_modality must be one of {list(CHANNELS)}, got {reference_modality!r}")
+    return CHANNELS.index(reference_modality)
+
+
+def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregister: bool = False) -> list[dict]:
+    """Checks, from the headers, that each study's modalities overlap the reference modality in world space.
+
+    Args:
+        studies: entries ``{"image": [flair, t1, t1ce, t2] or one file, "case": name}`` (single 4-D files pass).
+        reference_modality: the modality whose grid the others are resampled onto.
+        coregister: the modalities will be registered, so only a header that cannot be read is a problem.
+
+    Returns:
+        ``studies``, unchanged.
+
+    Raises:
+        DatasetError: one line per study naming each modality, its file and how much of the reference's field of
+            view it covers, when below :data:`MIN_OVERLAP`.
+    """
+    index = _reference_index(reference_modality)
+    problems = []
+    for study in studies:
+        files = study["image"]
+        if isinstance(files, (str, os.PathLike)) or len(files) != len(CHANNELS):
+            continue
+        reference = read_geometry(files[index])
+        for modality, path in zip(CHANNELS, files):
+            if path == files[index]:
+                continue
+            covered = overlap_fraction(reference, read_geometry(path))
+            if covered < MIN_OVERLAP and not coregister:
+                problems.append(
+                    f"study {study['case']}: {DISPLAY[modality]} {Path(path).name} covers {covered:.0%} of the "
+                    f"{DISPLAY[reference_modality]} field of view ({Path(files[index]).name}) in world space; the "
+                    "modalities are not co-registered (register them, or run with coregister True)"
+                )
+    if problems:
+        raise DatasetError(problems)
+    return studies
+
+
+class InputError(SystemExit):
+    """Bad input met while a bundle config is parsed: one line on stderr and exit status 2, no traceback.
+
+    MONAI's config parser wraps every exception of a ``$`` expression in ``RuntimeError("Failed to evaluate ...")``,
+    so a ``ValueError`` would end ``python -m monai.bundle run`` with a line that names no study. ``SystemExit`` passes
+    through unwrapped; :attr:`message` keeps the line for callers that catch it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def inference_studies(
+    source: str | os.PathLike,
+    modality_files: Mapping[str, str] | None = None,
+    dicom_keywords: Mapping[str, Sequence[str]] | None = None,
+    reference_modality: str = "t1ce",
+    coregister: bool = False,
+    output_format: str = "nifti",
+) -> list[dict]:
+    """The studies ``inference.json`` segments: :func:`~refineformer3d.data.find_studies`, then :func:`check_grids`.
+
+    ``output_format="dicom-seg"`` also needs each study's reference modality as a DICOM series (the SEG references it).
+
+    Raises:
+        InputError: (a ``SystemExit`` with status 2) after printing ``error: <one line naming the study and file>`` to
+            stderr, for any input problem either finds.
+    """
+    from refineformer3d.data.datalist import find_studies
+
+    try:
+        studies = check_grids(find_studies(source, modality_files, dicom_keywords), reference_modality, coregister)
+        if output_format == "dicom-seg":
+            index = _reference_index(reference_modality)
+            problems = [
+                f"study {s['case']}: DICOM SEG output needs the {DISPLAY[reference_modality]} as a DICOM series "
+                f"folder, got {reference}; choose output_format nifti or nrrd"
+                for s in studies
+                for reference in [s["image"] if isinstance(s["image"], str) else s["image"][index]]
+                if not Path(reference).is_dir()
+            ]
+            if problems:
+                raise DatasetError(problems)
+        return studies
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise InputError(str(error)) from None
+
+
+def skull_strip_warning(image: torch.Tensor | np.ndarray, affine: np.ndarray) -> str:
+    """An empty string for a scan that looks skull-stripped, else the reason it does not (see the module's notes)."""
+    values = np.asarray(image)
+    zero = float(np.mean(values == 0))
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    nonzero_ml = float(np.count_nonzero(values)) * voxel_ml
+    if zero < MIN_ZERO_FRACTION or nonzero_ml > MAX_BRAIN_ML:
+        return (
+            f"looks not skull-stripped ({zero:.0%} of voxels are zero, {nonzero_ml:.0f} mL non-zero; a stripped brain "
+            f"is under {MAX_BRAIN_ML:.0f} mL with at least {MIN_ZERO_FRACTION:.0%} zeros): the model expects "
+            "skull-stripped input and its mask may be meaningless"
+        )
+    return ""
+
+
+def register_rigid(fixed: MetaTensor, moving: MetaTensor, iterations: int = 200) -> MetaTensor:
+    """``moving`` rigidly registered onto ``fixed`` and resampled onto its grid (1, X, Y, Z).
+
+    ITK's ``ImageRegistrationMethodv4`` with a ``VersorRigid3DTransform`` (rotation and translation), Mattes mutual
+    information (the modalities differ in contrast) and a centre-of-mass initialisation, coarse to fine.
+    """
+    import itk
+    from monai.data.itk_torch_bridge import itk_image_to_metatensor, metatensor_to_itk_image
+
+    image_type = itk.Image[itk.F, 3]
+    fixed_itk = metatensor_to_itk_image(fixed, channel_dim=0, dtype=np.float32)
+    moving_itk = metatensor_to_itk_image(moving, channel_dim=0, dtype=np.float32)
+    transform = itk.VersorRigid3DTransform[itk.D].New()
+    initializer = itk.CenteredTransformInitializer[type(transform), image_type, image_type].New(
+        Transform=transform, FixedImage=fixed_itk, MovingImage=moving_itk
+    )
+    initializer.MomentsOn()
+    initializer.InitializeTransform()
+    metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New(NumberOfHistogramBins=32)
+    scales = itk.RegistrationParameterScalesFromPhysicalShift[
+        itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type]
+    ].New(Metric=metric)
+    optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New(
+        LearningRate=1.0,
+        MinimumStepLength=1e-3,
+        NumberOfIterations=iterations,
+        RelaxationFactor=0.7,
+        ScalesEstimator=scales,
+    )
+    registration = itk.ImageRegistrationMethodv4[image_type, image_type].New(
+        FixedImage=fixed_itk,
+        MovingImage=moving_itk,
+        Metric=metric,
+        Optimizer=optimizer,
+        InitialTransform=transform,
+        InPlace=True,
+    )
+    registration.SetMetricSamplingStrategy(itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM)
+    registration.SetMetricSamplingPercentage(0.2)
+    registration.SetNumberOfLevels(3)
+    registration.SetShrinkFactorsPerLevel([4, 2, 1])
+    registration.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    registration.MetricSamplingReinitializeSeed(0)
+    registration.Update()
+    resampled = itk.resample_image_filter(
+        moving_itk,
+        transform=registration.GetTransform(),
+        use_reference_image=True,
+        reference_image=fixed_itk,
+        default_pixel_value=0.0,
+    )
+    out = itk_image_to_metatensor(resampled, channel_dim=None, dtype=torch.float32)
+    return MetaTensor(out.as_tensor().reshape(fixed.shape), meta=dict(fixed.meta))
+
+
+class LoadStudyd(MapTransform):
+    """Loads a study of four modality files onto the reference modality's grid, (4, X, Y, Z) float32.
+
+    Each file keeps its own geometry when read (``LoadImage`` chooses nibabel or ITK by format); every modality not
+    on the reference's grid already is resampled onto it in world space (bilinear), or registered onto it first with
+    ``coregister``. The result carries the reference's affine, so inference writes its segmentation on that grid. A
+    single file (a 4-D study) is loaded as ``LoadImaged`` with ``EnsureChannelFirstd`` would.
+
+    Metadata added for the report and writers: ``study`` (the entry's ``case``), ``modality_files`` (modality ->
+    file), ``reference_modality`` and ``skull_strip_warning``.
+
+    Args:
+        keys: the image key; its value is four paths in FLAIR, T1, T1ce, T2 order, or one path.
+        reference_modality: ``"t1ce"`` (default), ``"flair"``, ``"t1"`` or ``"t2"``.
+        coregister: rigidly register each modality onto the reference before resampling.
+        mode: interpolation of the resampling.
+        case_key: the entry's study name.
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: for an unknown reference modality; when called, for a list that is not four files.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reference_modality: str = "t1ce",
+        coregister: bool = False,
+        mode: str = "bilinear",
+        case_key: str = "case",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.reference = _reference_index(reference_modality)
+        self.reference_modality = reference_modality
+        self.coregister = bool(coregister)
+        self.case_key = case_key
+        # Chosen by format among these two (the last that can read a file wins: nibabel for NIfTI, ITK for DICOM
+        # series, NRRD and MetaImage); naming them keeps MONAI from also trying its pydicom readers.
+        with warnings.catch_warnings():
+            # LoadImage also builds MONAI's GPU DICOM reader whenever pydicom is installed, which warns on every
+            # machine without nvImageCodec; DICOM series are read by ITK here.
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            self.loader = LoadImage(
+                reader=[ITKReader(), NibabelReader()], image_only=True, ensure_channel_first=True, dtype=np.float32
+            )
+        self.resample = ResampleToMatch(mode=mode, padding_mode="zeros")
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.load(d[key], d.get(self.case_key))
+        return d
+
+    def load(self, source, study: str | None = None) -> MetaTensor:
+        """Loads one study (see the class); ``study`` names it in the metadata and the log."""
+        if isinstance(source, (str, os.PathLike)):
+            return self.loader(source)
+        files = [str(f) for f in source]
+        if len(files) != len(CHANNELS):
+            raise ValueError(f"study {study}: expected {len(CHANNELS)} files (FLAIR, T1, T1ce, T2), got {len(files)}")
+        images = [self.loader(f) for f in files]
+        reference = images[self.reference]
+        channels = []
+        for modality, image in zip(CHANNELS, images):
+            same = image.shape[1:] == reference.shape[1:] and np.allclose(
+                image.affine.numpy(), reference.affine.numpy(), atol=_SAME_GRID_MM
+            )
+            if not same or (self.coregister and image is not reference):
+                if self.coregister and image is not reference:
+                    logger.info(
+                        "study %s: registering %s onto %s", study, DISPLAY[modality], DISPLAY[self.reference_modality]
+                    )
+                    image = register_rigid(reference, image)
+                else:
+                    image = self.resample(image, reference)
+            channels.append(image.as_tensor())
+        meta = dict(reference.meta)
+        name = study or image_stem(Path(files[0]).name) or Path(files[0]).name
+        meta["filename_or_obj"] = files[0]
+        meta["study"] = name
+        meta["modality_files"] = dict(zip(CHANNELS, files))
+        meta["reference_modality"] = self.reference_modality
+        warning = skull_strip_warning(reference.as_tensor()[0].numpy(), reference.affine.numpy())
+        if warning:
+            logger.warning("study %s: %s %s", name, DISPLAY[self.reference_modality], warning)
+        meta["skull_strip_warning"] = warning
+        return MetaTensor(torch.cat(channels, dim=0), meta=meta)

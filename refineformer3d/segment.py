@@ -1,0 +1,126 @@
+"""``refineformer3d-segment``: segment studies from the command line; a thin layer over the bundle's inference.json.
+
+Usage::
+
+    refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--model bundle/models/model.pt] [--png]
+        [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce] [--coregister]
+        [--modality t1ce=FILE ...] [--debug]
+
+The input is anything ``inference.json``'s ``dataset_dir`` takes: one study folder in any naming (BraTS, BIDS, plain
+names; NIfTI, NRRD, MetaImage or one sub-folder per DICOM series), a folder of studies, a dataset, a datalist JSON or
+a 4-D NIfTI file. This script only turns its options into overrides of the bundle's own config and runs it with
+``monai.bundle.run``: there is one pipeline, with two doors. Input problems print one line naming the study and file
+and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["BUNDLE", "main", "overrides"]
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+OUTPUT_FORMATS = ("nifti", "nrrd", "dicom-seg")
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+
+def _mapping(items: Sequence[str]) -> dict[str, str]:
+    mapping = {}
+    for item in items:
+        modality, _, path = item.partition("=")
+        if modality.lower() not in MODALITIES or not path:
+            raise ValueError(
+                f"--modality {item!r}: expected MODALITY=FILE with MODALITY one of {', '.join(MODALITIES)}"
+            )
+        mapping[modality.lower()] = str(Path(path).expanduser().absolute())
+    return mapping
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The ``inference.json`` overrides that the parsed options stand for."""
+    values = {
+        "dataset_dir": str(Path(args.input).expanduser().absolute()),
+        "output_dir": str(Path(args.output).expanduser().absolute()),
+        "write_png": bool(args.png),
+        "write_report": bool(args.report),
+        "output_format": args.output_format,
+        "reference_modality": args.reference_modality,
+        "coregister": bool(args.coregister),
+        "modality_files": _mapping(args.modality),
+    }
+    if args.device:
+        values["device"] = f"$torch.device({args.device!r})"
+    if args.model:
+        values["ckpt_path"] = str(Path(args.model).expanduser().absolute())
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refineformer3d-segment",
+        description="Segment brain tumours in multimodal MRI studies with the RefineFormer3D bundle "
+        "(research use only; not for clinical use).",
+    )
+    parser.add_argument("-i", "--input", required=True, help="a study folder, a folder of studies, or a datalist JSON")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda:0 when available)")
+    parser.add_argument("--model", help="checkpoint to load (default: the bundle's models/model.pt)")
+    parser.add_argument("--png", action="store_true", help="write <study>_seg.png, an overview")
+    parser.add_argument("--report", action="store_true", help="write <study>_report.json (inputs, grid, volumes)")
+    parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="nifti")
+    parser.add_argument("--reference_modality", choices=MODALITIES, default="t1ce", help="grid of the output")
+    parser.add_argument("--coregister", action="store_true", help="rigidly register each modality to the reference")
+    parser.add_argument(
+        "--modality", action="append", default=[], metavar="MODALITY=FILE", help="map a file to a modality (repeat)"
+    )
+    parser.add_argument("--bundle_dir", default=str(BUNDLE), help="the bundle (configs/inference.json) to run")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the bundle's inference; returns the exit status (2 for input problems)."""
+    args = _parser().parse_args(argv)
+    bundle = Path(args.bundle_dir)
+    from refineformer3d.data import InputError
+
+    try:
+        values = overrides(args)
+        from monai.bundle import run
+
+        run(
+            config_file=str(bundle / "configs" / "inference.json"),
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            logging_file=str(bundle / "configs" / "logging.conf"),
+            bundle_root=str(bundle),
+            **values,
+        )
+    except InputError:
+        if args.debug:
+            raise
+        return 2  # the config's study check printed the line already
+    except ValueError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # the bundle wraps what goes wrong inside it; the cause is the line that matters
+        if args.debug:
+            raise
+        cause = _root_cause(error)
+        print(f"error: {type(cause).__name__}: {cause}".splitlines()[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

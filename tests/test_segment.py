@@ -1,0 +1,163 @@
+"""``refineformer3d-segment`` and the README's ``monai.bundle run`` on studies as clinicians have them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tomllib
+from _studies import (
+    BIDS,
+    BRATS2023,
+    DICOM_DESCRIPTIONS,
+    MIXED,
+    PLAIN,
+    brats,
+    dicom,
+    mixed_grids,
+    named,
+    rigidly_moved,
+    save_nifti,
+)
+
+from refineformer3d.data import make_case
+from refineformer3d.segment import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    return make_case(seed=0, index=1, shape=(48, 48, 40))
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_console_script_is_declared():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["refineformer3d-segment"] == "refineformer3d.segment:main"
+
+
+def test_input_problems_are_one_line_exit_2_and_write_nothing(small_case, tmp_path, capsys):
+    images, affine = small_case.images, small_case.affine
+    ambiguous = named(tmp_path / "ambiguous", PLAIN, images, affine)
+    save_nifti(ambiguous / "t1gd.nii.gz", images[2], affine)
+    missing = named(tmp_path / "missing", PLAIN, images, affine)
+    (missing / "flair.nii.gz").unlink()
+    apart = named(tmp_path / "apart", PLAIN, images, affine)
+    far = affine.copy()
+    far[:3, 3] += (250.0, 0.0, 0.0)
+    save_nifti(apart / "t2.nii.gz", images[3], far)
+    expected = {
+        "ambiguous": "error: study ambiguous: 2 candidates for T1ce: t1ce.nii.gz, t1gd.nii.gz",
+        "missing": "error: study missing: no FLAIR file",
+        "apart": "error: study apart: T2 t2.nii.gz covers 0% of the T1ce field of view (t1ce.nii.gz)",
+    }
+    for name, start in expected.items():
+        out = tmp_path / f"out_{name}"
+        assert main(["-i", str(tmp_path / name), "-o", str(out), "--device", "cpu"]) == 2
+        assert _one_line_error(capsys).startswith(start)
+        assert not out.exists()
+    assert main(["-i", str(tmp_path / "ambiguous"), "-o", str(tmp_path / "o"), "--modality", "pd=x.nii.gz"]) == 2
+    assert "--modality 'pd=x.nii.gz': expected MODALITY=FILE" in _one_line_error(capsys)
+    # DICOM SEG needs DICOM input; said before anything runs.
+    plain = named(tmp_path / "plain", PLAIN, images, affine)
+    assert main(["-i", str(plain), "-o", str(tmp_path / "o"), "--output_format", "dicom-seg"]) == 2
+    assert "study plain: DICOM SEG output needs the T1ce as a DICOM series folder" in _one_line_error(capsys)
+    with pytest.raises(SystemExit):  # --debug: the exception itself, with its traceback
+        main(["-i", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), "--debug"])
+
+
+@pytest.mark.slow  # 20 s in a subprocess; inference_studies' exit is tested in-process in test_data_grids
+def test_bundle_command_ends_on_the_line_naming_study_and_file(small_case, tmp_path):
+    study = named(tmp_path / "mystudy", PLAIN, small_case.images, small_case.affine)
+    save_nifti(study / "t1_post.nii.gz", small_case.images[2], small_case.affine)
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json"]
+    command += ["--dataset_dir", str(study), "--output_dir", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: study mystudy: 2 candidates for T1ce: t1_post.nii.gz, t1ce.nii.gz")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_grids_segmented_onto_the_t1ce_grid_as_seg_nrrd_with_report(small_case, tmp_path, capsys):
+    itk = pytest.importorskip("itk")
+    study = mixed_grids(tmp_path / "sub-07", small_case.images, small_case.affine)
+    out = tmp_path / "out"
+    args = ["-i", str(study), "-o", str(out), "--device", "cpu", "--report", "--output_format", "nrrd"]
+    assert main(args) == 0
+    logged = capsys.readouterr().out  # the bundle's logging.conf logs to stdout
+    assert sorted(p.name for p in out.iterdir()) == ["sub-07_report.json", "sub-07_seg.seg.nrrd"]
+    seg = itk.imread(str(out / "sub-07_seg.seg.nrrd"))
+    assert tuple(seg.GetLargestPossibleRegion().GetSize()) == small_case.images.shape[1:]
+    lps = np.diag([-1.0, -1.0, 1.0]) @ small_case.affine[:3]
+    np.testing.assert_allclose(np.asarray(seg.GetOrigin()), lps[:, 3], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(seg.GetDirection()) @ np.diag(seg.GetSpacing()), lps[:, :3], atol=1e-4)
+    report = json.loads((out / "sub-07_report.json").read_text())
+    assert report["input_files"] == {m: str(study / f"{m}.nii.gz") for m in ("flair", "t1", "t1ce", "t2")}
+    assert report["reference_modality"] == "t1ce"
+    assert report["reference_grid"]["shape"] == list(small_case.images.shape[1:])
+    assert report["reference_grid"]["spacing_mm"] == pytest.approx([1.0, 1.0, 1.0])
+    assert report["segmentation"] == str(out / "sub-07_seg.seg.nrrd")
+    assert report["warnings"] == []
+    assert f"wrote {out / 'sub-07_seg.seg.nrrd'}" in logged and f"wrote {out / 'sub-07_report.json'}" in logged
+    assert "/." not in logged.replace(str(tmp_path), "")  # no temporary file's name in the log
+
+
+# Full size: every layout in one batch, Dice of whole tumour against the truth on the T1ce grid.
+
+
+def _dice(seg: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * np.logical_and(seg, truth).sum() / (seg.sum() + truth.sum()))
+
+
+@pytest.mark.slow  # about 2 minutes: 8 studies of 128x128x96 and a registration
+def test_every_layout_segments_onto_the_t1ce_grid_as_well_as_brats_layout(tmp_path):
+    case = make_case(seed=3, index=1, shape=(128, 128, 96))
+    images, affine = case.images, case.affine
+    root = tmp_path / "studies"
+    brats(root, case.name, images, affine)
+    named(root / "sub-01" / "anat", BIDS, images, affine)
+    named(root / "mystudy", PLAIN, images, affine)
+    named(root / "BraTS-GLI-00001-000", BRATS2023, images, affine)
+    named(root / "Patient7", MIXED, images, affine)
+    mixed_grids(root / "aniso", images, affine)
+    dicom(root / "Study1", images, affine, DICOM_DESCRIPTIONS, agent="Gadobutrol")
+    out = tmp_path / "out"
+    assert main(["-i", str(root), "-o", str(out), "--device", "cpu"]) == 0
+    truth = case.label > 0
+    dice = {}
+    for path in out.glob("*_seg.nii.gz"):
+        seg = nib.load(path)
+        assert seg.shape == truth.shape
+        np.testing.assert_allclose(seg.affine, affine, atol=1e-4)
+        dice[path.name.removesuffix("_seg.nii.gz")] = _dice(np.asanyarray(seg.dataobj) > 0, truth)
+    assert len(dice) == 7
+    reference = dice.pop(case.name)
+    assert reference > 0.8
+    for study, value in dice.items():
+        assert value >= 0.9 * reference, (study, value, reference)
+    # DICOM in, DICOM SEG out, through the console script.
+    assert main(["-i", str(root / "Study1"), "-o", str(tmp_path / "seg"), "--output_format", "dicom-seg"]) == 0
+    assert (tmp_path / "seg" / "Study1_seg.dcm").is_file()
+    # A T2 rotated 4 degrees and shifted 3 mm: co-registration brings the segmentation back.
+    moved = tmp_path / "moved" / "mystudy"
+    shutil.copytree(root / "mystudy", moved)
+    save_nifti(moved / "t2.nii.gz", images[3], rigidly_moved(images[3], affine, 4.0, (3.0, -3.0, 2.0)))
+    assert main(["-i", str(moved), "-o", str(tmp_path / "reg"), "--coregister"]) == 0
+    registered = np.asanyarray(nib.load(tmp_path / "reg" / "mystudy_seg.nii.gz").dataobj) > 0
+    assert _dice(registered, truth) >= 0.9 * reference
