@@ -44,7 +44,7 @@ def test_overlay_only_changes_network_and_window():
     train, inference = (json.loads(open(f).read()) for f in (TRAIN, INFERENCE))
     # keys that exist in both base configs, or new ones the overlay's network reads
     for key in overlay:
-        assert key in ("pretrained", "experiment_name") or (key in train and key in inference), key
+        assert key == "pretrained" or (key in train and key in inference), key
     assert overlay["network_def"]["name"] == "segformer2d_b0" and overlay["pretrained"] == "none"
     roi = overlay["roi_size"]
     assert roi[2] < roi[0] and overlay["sw_overlap"][2] == 0.0  # thin in the axial direction, each slice once
