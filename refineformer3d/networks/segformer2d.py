@@ -203,7 +203,7 @@ class SegFormer2D(nn.Module):
                 if local or _hub_offline():
                     raise
                 encoder = SegformerModel.from_pretrained(source, cache_dir=cache_dir)
-        except OSError as err:
+        except OSError:
             where = (
                 f"the folder {source!r} holds no loadable SegFormer/MiT model"
                 if local
@@ -214,7 +214,7 @@ class SegFormer2D(nn.Module):
             raise ValueError(
                 f"cannot load pretrained weights: {where}; fetch them where there is network with "
                 f"`hf download {source} --local-dir DIR` and pass that folder, or use pretrained 'none'."
-            ) from err
+            ) from None  # the one line says it all; transformers' own message is about its internals
         mismatch = {
             f: (list(getattr(encoder.config, f)), list(getattr(self.config, f)))
             for f in _ENCODER_FIELDS
