@@ -5,6 +5,10 @@ Usage::
     python -m refineformer3d.summary                      # all models, 4 x 128^3, timed, plain table
     python -m refineformer3d.summary --markdown --repeats 5
     python -m refineformer3d.summary --roi 96 128 64 --no-time --models refineformer3d_small segformer3d
+    python -m refineformer3d.summary --models segformer2d_b0 --roi 128 128 8 --overlap 0.5 0.5 0 --volume 240 240 155
+
+The default table leaves out the slice-wise SegFormers B1, B3, B4 and B5 (B0 and B2 stand for the family; the big
+ones take minutes per 128^3 window on a CPU); ``--models`` measures any registered name.
 
 FLOP conventions (both columns count 2 FLOP per multiply-add with ``torch.utils.flop_counter.FlopCounterMode``,
 batch 1; norms, activations and interpolation are not counted):
@@ -37,10 +41,17 @@ __all__ = [
     "count_flops",
     "time_forward",
     "time_sliding_window",
+    "count_windows",
+    "NOT_BY_DEFAULT",
+    "default_models",
     "summary_rows",
     "format_table",
     "main",
 ]
+
+
+#: registered variants that the default table leaves out (``--models`` measures them)
+NOT_BY_DEFAULT = ("segformer2d_b1", "segformer2d_b3", "segformer2d_b4", "segformer2d_b5")
 
 
 @dataclass
@@ -54,6 +65,12 @@ class SummaryRow:
     gflop_attn: float | None
     cpu_s: float | None
     window_s: float | None = None
+    study_gflop: float | None = None
+
+
+def default_models() -> list[str]:
+    """The registered variants of the default table: all but :data:`NOT_BY_DEFAULT`."""
+    return [name for name in list_models() if name not in NOT_BY_DEFAULT]
 
 
 def reference_models(
@@ -122,12 +139,16 @@ def time_forward(model: nn.Module, input_shape: Sequence[int], repeats: int = 3)
 
 
 def time_sliding_window(
-    model: nn.Module, volume_shape: Sequence[int], roi: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 1
+    model: nn.Module,
+    volume_shape: Sequence[int],
+    roi: Sequence[int],
+    overlap: float | Sequence[float] = 0.5,
+    sw_batch_size: int = 1,
 ) -> float:
     """Wall time (s) of one whole-volume sliding-window inference on the CPU, as the bundle's inferer runs it.
 
-    ``volume_shape`` is ``(B, C, D, H, W)``; windows of ``roi`` with ``overlap`` and Gaussian blending. Timed by
-    ``torch.utils.benchmark.Timer`` after its two warm-up runs.
+    ``volume_shape`` is ``(B, C, D, H, W)``; windows of ``roi`` with ``overlap`` (one or one per axis) and Gaussian
+    blending. Timed by ``torch.utils.benchmark.Timer`` after its two warm-up runs.
     """
     from monai.inferers import SlidingWindowInferer
 
@@ -137,6 +158,26 @@ def time_sliding_window(
     timer = benchmark.Timer(stmt="inferer(x, model)", globals=globals_, num_threads=torch.get_num_threads())
     with torch.inference_mode():
         return timer.timeit(number=1).mean
+
+
+def count_windows(volume_shape: Sequence[int], roi: Sequence[int], overlap: float | Sequence[float] = 0.5) -> int:
+    """How many windows of ``roi`` MONAI's sliding window cuts from one ``(B, C, D, H, W)`` volume.
+
+    Counted by running MONAI's own inferer with a predictor that only counts, so the figure follows its padding and
+    window placement; a model's FLOPs per study are its FLOPs per window times this number.
+    """
+    from monai.inferers import SlidingWindowInferer
+
+    counted = []
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        counted.append(windows.shape[0])
+        return windows[:, :1]
+
+    inferer = SlidingWindowInferer(roi_size=tuple(roi), sw_batch_size=16, overlap=overlap)
+    with torch.inference_mode():
+        inferer(torch.zeros((1, 1, *volume_shape[2:])), predictor)
+    return sum(counted)
 
 
 def summary_rows(
@@ -150,6 +191,7 @@ def summary_rows(
     repeats: int = 3,
     threads: int | None = 2,
     volume: Sequence[int] | None = None,
+    overlap: float | Sequence[float] = 0.5,
 ) -> list[SummaryRow]:
     """Measure every registered variant (and MONAI's references) for a ``(1, in_channels, *roi)`` input.
 
@@ -163,8 +205,9 @@ def summary_rows(
         cpu_flops: count FLOPs during a real CPU forward (the ``GFLOP`` column); otherwise it is ``None``.
         repeats: timed forwards per model.
         threads: ``torch.set_num_threads`` during the measurement (restored afterwards); ``None`` leaves it.
-        volume: also time a whole-volume sliding window (windows of ``roi``, overlap 0.5) over a volume of this
-            spatial size, e.g. BraTS's ``(240, 240, 155)``.
+        volume: also time a whole-volume sliding window (windows of ``roi``) over a volume of this spatial size,
+            e.g. BraTS's ``(240, 240, 155)``, and count its FLOPs (``GFLOP+attn`` per window times the windows).
+        overlap: the sliding window's overlap, one or one per axis.
 
     Returns:
         One :class:`SummaryRow` per model, registry variants first.
@@ -182,7 +225,7 @@ def summary_rows(
     for name, factory in references.items():
         factories[name] = ("MONAI", factory)
     if models is None:
-        names = list_models() + (list(references) if include_references else [])
+        names = default_models() + (list(references) if include_references else [])
     else:
         unknown = [n for n in models if n not in factories]
         if unknown:
@@ -190,6 +233,7 @@ def summary_rows(
         names = list(models)
 
     input_shape = (1, in_channels, *roi)
+    windows = count_windows((1, in_channels, *volume), roi, overlap) if volume else None
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -215,8 +259,10 @@ def summary_rows(
                 # without a fused attention kernel the CPU count is already complete
                 gflop_attn = None if fused_attention else gflop
             cpu_s = time_forward(model, input_shape, repeats) if measure_time else None
-            window_s = time_sliding_window(model, (1, in_channels, *volume), roi) if volume else None
-            rows.append(SummaryRow(name, source, params, gflop, gflop_attn, cpu_s, window_s))
+            window_s = time_sliding_window(model, (1, in_channels, *volume), roi, overlap) if volume else None
+            per_window = gflop_attn if gflop_attn is not None else gflop
+            study_gflop = per_window * windows if windows and per_window is not None else None
+            rows.append(SummaryRow(name, source, params, gflop, gflop_attn, cpu_s, window_s, study_gflop))
             del model
     finally:
         torch.set_num_threads(previous_threads)
@@ -234,9 +280,9 @@ def format_table(rows: Sequence[SummaryRow], markdown: bool = True) -> str:
     header = ["model", "params (M)", "GFLOP", "GFLOP+attn", "CPU forward (s)"]
     body = [[r.name, _fmt(r.params_m, 3), _fmt(r.gflop, 2), _fmt(r.gflop_attn, 2), _fmt(r.cpu_s, 3)] for r in rows]
     if any(r.window_s is not None for r in rows):
-        header.append("CPU sliding window (s)")
+        header += ["GFLOP+attn per study", "CPU sliding window (s)"]
         for cells, r in zip(body, rows):
-            cells.append(_fmt(r.window_s, 1))
+            cells += [_fmt(r.study_gflop, 1), _fmt(r.window_s, 1)]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -266,9 +312,19 @@ def main(argv: Sequence[str] | None = None) -> str:
         nargs=3,
         default=None,
         metavar=("D", "H", "W"),
-        help="also time a whole-volume sliding window (windows of --roi, overlap 0.5), e.g. 240 240 155",
+        help="also time a whole-volume sliding window (windows of --roi) and count its FLOPs, e.g. 240 240 155",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="the sliding window's overlap: one value, or one per axis (0.5 0.5 0 for slice-wise models)",
     )
     args = parser.parse_args(argv)
+    if len(args.overlap) not in (1, len(args.roi)):
+        parser.error(f"--overlap takes one value or {len(args.roi)}, got {len(args.overlap)}")
+    overlap = args.overlap[0] if len(args.overlap) == 1 else tuple(args.overlap)
 
     rows = summary_rows(
         roi=args.roi,
@@ -280,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         repeats=args.repeats,
         threads=args.threads,
         volume=args.volume,
+        overlap=overlap,
     )
     roi = "x".join(str(s) for s in args.roi)
     notes = (
@@ -290,9 +347,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         f"CPU forward: best of {args.repeats} under torch.inference_mode after one warm-up."
     )
     if args.volume:
+        windows = count_windows((1, args.in_channels, *args.volume), args.roi, overlap)
         notes += (
-            f" CPU sliding window: one whole {'x'.join(map(str, args.volume))} volume, windows of {roi}, "
-            "overlap 0.5, Gaussian blending, 1 window per batch."
+            f" CPU sliding window: one whole {'x'.join(map(str, args.volume))} volume, {windows} windows of {roi}, "
+            f"overlap {' '.join(f'{o:g}' for o in args.overlap)}, Gaussian blending, 1 window per batch; "
+            "GFLOP+attn per study: GFLOP+attn per window times the windows."
         )
     table = format_table(rows, markdown=args.markdown)
     text = f"{table}\n\n{notes}"

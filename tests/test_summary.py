@@ -6,7 +6,15 @@ import time
 
 import pytest
 
-from refineformer3d.summary import SummaryRow, format_table, main, summary_rows
+from refineformer3d.summary import (
+    NOT_BY_DEFAULT,
+    SummaryRow,
+    count_windows,
+    default_models,
+    format_table,
+    main,
+    summary_rows,
+)
 
 ROI = (32, 32, 32)
 
@@ -74,3 +82,27 @@ def test_sliding_window_column(capsys):
     assert header.endswith("| CPU sliding window (s) |")
     assert 0 < float(row.split("|")[-2]) < elapsed
     assert "one whole 48x40x36 volume" in text
+
+
+def test_default_table_has_segformer2d_b0_and_b2_only():
+    assert {"segformer2d_b0", "segformer2d_b2", "refineformer3d_small", "segformer3d"} <= set(default_models())
+    assert not set(NOT_BY_DEFAULT) & set(default_models())
+
+
+def test_windows_per_brats_study():
+    # 3 x 3 x 2 windows of 128^3 at overlap 0.5; slice-wise: 3 x 3 in plane, every 8th slice once (155 -> 20)
+    assert count_windows((1, 4, 240, 240, 155), (128, 128, 128)) == 18
+    assert count_windows((1, 4, 240, 240, 155), (128, 128, 8), (0.5, 0.5, 0.0)) == 180
+
+
+def test_flops_per_study_are_flops_per_window_times_windows(capsys):
+    text = main(
+        ["--roi", "32", "32", "4", "--overlap", "0.5", "0.5", "0", "--volume", "48", "40", "8"]
+        + ["--no-time", "--markdown", "--models", "segformer2d_b0"]
+    )
+    header, _, row = text.splitlines()[:3]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert header.split("|")[6].strip() == "GFLOP+attn per study"
+    # 2 x 2 x 2 windows of 32 x 32 x 4
+    assert float(cells[5]) == pytest.approx(8 * float(cells[3]), abs=0.1) and float(cells[5]) > 0
+    assert "8 windows of 32x32x4, overlap 0.5 0.5 0" in text

@@ -1,4 +1,5 @@
-"""Networks of RefineFormer3D: the 3D Mix Transformer encoder, SegFormer3D and RefineFormer3D, and their registry.
+"""Networks of RefineFormer3D: the 3D Mix Transformer encoder, SegFormer3D, RefineFormer3D and the
+slice-wise 2-D SegFormer (Hugging Face), and their registry.
 
 Example:
     >>> from refineformer3d.networks import RefineFormer3D, create_model, list_models
@@ -19,11 +20,14 @@ from refineformer3d.networks.encoder import MixTransformerStage3D, MixVisionTran
 from refineformer3d.networks.heads import GatedFusion3D, RefineHead3D, SegFormerHead3D
 from refineformer3d.networks.refineformer3d import REFINEFORMER3D_VARIANTS, RefineFormer3D
 from refineformer3d.networks.registry import create_model, is_model, list_models, register_model
+from refineformer3d.networks.segformer2d import SEGFORMER2D_VARIANTS, SegFormer2D
 from refineformer3d.networks.segformer3d import SegFormer3D
 
 __all__ = [
     "RefineFormer3D",
     "SegFormer3D",
+    "SegFormer2D",
+    "SEGFORMER2D_VARIANTS",
     "MixVisionTransformer3D",
     "MixTransformerStage3D",
     "MixTransformerSegNet3D",
