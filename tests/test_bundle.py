@@ -347,6 +347,7 @@ def test_ddp_two_cpu_processes_train_one_epoch(tmp_path, tiny_brats):
     assert (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()
 
 
+@pytest.mark.slow  # two CLI runs; test_export_bundle.py runs both commands in the exported bundle
 def test_net_in_out_and_torchscript_export(tmp_path):
     _cli(
         "verify_net_in_out",
