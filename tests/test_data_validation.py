@@ -121,14 +121,19 @@ def test_four_d_studies_with_the_wrong_number_of_modalities(good_case, tmp_path)
 
 
 def test_a_dicom_folder_with_two_interleaved_series_is_refused(tmp_path):
-    """This project reads NIfTI only so far: the folder is refused with a message saying what was expected."""
+    """A study's series folder whose files alternate between two series is named, with the two files that differ."""
     pytest.importorskip("SimpleITK")
-    folder = dicom_two_series(tmp_path / "dicom")
+    pytest.importorskip("pydicom")
+    from refineformer3d.handlers import StudyBatch
+
+    folder = dicom_two_series(tmp_path / "study" / "mixed")
     assert len(list(folder.glob("*.dcm"))) == 12
-    with pytest.raises(DatasetError, match="no NIfTI files in .*dicom"):
-        find_studies(folder)
-    with pytest.raises(InputError, match="no NIfTI files"):
-        checked_datalist(folder)
+    expected = "DICOM folder .*mixed: IM0000.dcm and IM0011.dcm belong to different series"
+    with pytest.raises(DatasetError, match=expected):
+        find_studies(tmp_path / "study")
+    with pytest.raises(InputError, match=expected):
+        StudyBatch(tmp_path / "study", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_verification_runs_once_per_set_of_files(good_case, tmp_path):
