@@ -28,8 +28,11 @@ _EXPORTS = {
     "LoadStudyd": "grids",
     "check_grids": "grids",
     "inference_studies": "grids",
-    "InputError": "grids",
+    "InputError": "errors",
     "write_studies": "studies",
+    "check_study": "validation",
+    "checked_datalist": "validation",
+    "verify_entries": "validation",
     "ensure_dataset": "synthetic",
     "make_case": "synthetic",
     "make_dataset": "synthetic",
@@ -52,12 +55,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         load_datalist,
         write_datalist,
     )
-    from .grids import InputError, LoadStudyd, check_grids, inference_studies  # noqa: F401
+    from .errors import InputError  # noqa: F401
+    from .grids import LoadStudyd, check_grids, inference_studies  # noqa: F401
     from .layouts import find_study_folders, read_study  # noqa: F401
     from .modalities import DICOM_KEYWORDS, dicom_modality, modality_of_name  # noqa: F401
     from .studies import write_studies  # noqa: F401
     from .synthetic import ensure_dataset, make_case, make_dataset  # noqa: F401
     from .transforms import BratsLabelsFromPredictiond, ConvertBratsLabelsd, PathSafeSpacingd  # noqa: F401
+    from .validation import check_study, checked_datalist, verify_entries  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -47,7 +47,7 @@ from refineformer3d.data.layouts import (
 )
 from refineformer3d.data.modalities import CHANNELS
 from refineformer3d.io import write_atomically
-from refineformer3d.labels import CONVENTIONS, convention_values
+from refineformer3d.labels import CONVENTIONS
 
 __all__ = [
     "CHANNELS",
@@ -69,58 +69,13 @@ LABEL_CONVENTIONS = CONVENTIONS
 _CONVENTION_OF_LAYOUT = {"brats2023": "brats2023", "msd": "msd"}  # the others: "brats"
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
-_AFFINE_TOLERANCE = 1e-3  # mm; BraTS modalities are co-registered, so their affines agree to rounding
-
-
-def _read(path: Path, root: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """Data and affine of a NIfTI file, or the problem reading it."""
-    try:
-        image = nib.load(path)
-        data = np.asanyarray(image.dataobj)  # reads everything: a truncated .gz fails only here
-    except Exception as error:  # nibabel, gzip and zlib raise many types for a corrupt file; all mean the same here
-        return None, None, f"unreadable or truncated file {path.relative_to(root)} ({type(error).__name__}: {error})"
-    return data, image.affine, None
 
 
 def _check_case(case: _Case, root: Path, convention: str) -> list[str]:
-    """Problems with one case's files: readability, shapes, affines, NaN, empty images, label values."""
-    problems = []
-    paths = case.image if isinstance(case.image, list) else [case.image]
-    reference = None
-    for path in [*paths, *([case.label] if case.label is not None else [])]:
-        data, affine, problem = _read(path, root)
-        where = f"case {case.name}: {path.relative_to(root)}"
-        if problem is not None:
-            problems.append(f"case {case.name}: {problem}")
-            continue
-        is_label = path == case.label
-        expected_ndim = 4 if case.layout == "msd" and not is_label else 3
-        if data.ndim != expected_ndim or (expected_ndim == 4 and data.shape[3] != len(CHANNELS)):
-            wanted = "a 4-D image with 4 channels last" if expected_ndim == 4 else "a 3-D volume"
-            problems.append(f"{where}: expected {wanted}, got shape {data.shape}")
-            continue
-        if reference is None:
-            reference = (path, data.shape[:3], affine)
-        elif data.shape[:3] != reference[1]:
-            problems.append(f"{where}: shape {data.shape[:3]} differs from {reference[0].name} {reference[1]}")
-        elif not np.allclose(affine, reference[2], atol=_AFFINE_TOLERANCE):
-            problems.append(f"{where}: affine differs from {reference[0].name} (not co-registered)")
-        if is_label:
-            values = np.unique(data)
-            allowed = set(convention_values(convention))
-            bad = [v for v in values.tolist() if v not in allowed]
-            if bad:
-                problems.append(
-                    f"{where}: label values {bad[:10]} outside the {convention} convention {sorted(allowed)}"
-                )
-            continue
-        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            problems.append(f"{where}: contains NaN or infinite values")
-        channels = np.moveaxis(data, -1, 0) if data.ndim == 4 else data[None]
-        for channel, values in zip(CHANNELS if data.ndim == 4 else [None], channels, strict=True):
-            if not values.any():
-                problems.append(f"{where}: {'channel ' + channel + ' is' if channel else 'image is'} all zero")
-    return problems
+    """Problems with one case's files (see :func:`refineformer3d.data.validation.check_study`)."""
+    from refineformer3d.data.validation import check_study
+
+    return check_study(_entry(case, root, absolute=True), root, convention)
 
 
 def _split(cases: list[_Case], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[_Case]]:
@@ -155,9 +110,9 @@ def _split(cases: list[_Case], val_fraction: float, test_fraction: float, seed: 
     }
 
 
-def _entry(case: _Case, root: Path) -> dict:
+def _entry(case: _Case, root: Path, absolute: bool = False) -> dict:
     def relative(path: Path) -> str:
-        return path.relative_to(root).as_posix()
+        return str(path) if absolute else path.relative_to(root).as_posix()
 
     entry: dict = {"image": [relative(p) for p in case.image] if isinstance(case.image, list) else relative(case.image)}
     if case.label is not None:
@@ -398,7 +353,10 @@ def label_convention_of(entries: Sequence[Mapping], default: str = "brats") -> s
     return conventions.pop()
 
 
-def _study_file(path: Path) -> dict:
+def _study_file(path: Path, check: bool = True) -> dict:
+    """A 4-D study file as an entry; ``check=False`` leaves reading it to the caller (a batch skips bad files)."""
+    if not check:
+        return {"image": str(path), "case": _NIFTI.sub("", path.name)}
     try:
         shape = nib.load(path).shape
     except Exception as error:  # as in _read: many exception types, one meaning
@@ -467,7 +425,8 @@ def find_studies(
                 if problems:
                     raise DatasetError(problems) from None
             elif files:
-                studies = [_study_file(f) for f in files]
+                # Checked per study by refineformer3d.data.validation: one bad file must not hide the others.
+                studies = [_study_file(f, check=False) for f in files]
             else:
                 raise error from None
         else:

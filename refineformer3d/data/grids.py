@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, ResampleToMatch
 
-from refineformer3d.data.errors import DatasetError
+from refineformer3d.data.errors import DatasetError, InputError
 from refineformer3d.data.modalities import CHANNELS, DISPLAY, image_stem
 
 __all__ = [
@@ -42,6 +41,7 @@ __all__ = [
     "InputError",
     "LoadStudyd",
     "check_grids",
+    "check_output_format",
     "inference_studies",
     "overlap_fraction",
     "read_geometry",
@@ -183,20 +183,31 @@ def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregiste
     return studies
 
 
-class InputError(SystemExit):
-    """Bad input met while a bundle config is parsed: one line on stderr and exit status 2, no traceback.
+def check_output_format(
+    studies: list[dict], reference_modality: str = "t1ce", output_format: str = "nifti"
+) -> list[dict]:
+    """Checks that each study can be written in ``output_format``: a DICOM SEG references the reference modality's
+    DICOM series, so ``"dicom-seg"`` needs one.
 
-    MONAI's config parser wraps every exception of a ``$`` expression in ``RuntimeError("Failed to evaluate ...")``,
-    so a ``ValueError`` would end ``python -m monai.bundle run`` with a line that names no study. ``SystemExit`` passes
-    through unwrapped; :attr:`message` keeps the line for callers that catch it.
+    Returns:
+        ``studies``, unchanged.
+
+    Raises:
+        DatasetError: one line per study that cannot.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(2)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+    if output_format != "dicom-seg":
+        return studies
+    index = _reference_index(reference_modality)
+    problems = [
+        f"study {s['case']}: DICOM SEG output needs the {DISPLAY[reference_modality]} as a DICOM series "
+        f"folder, got {reference}; choose output_format nifti or nrrd"
+        for s in studies
+        for reference in [s["image"] if isinstance(s["image"], str) else s["image"][index]]
+        if not Path(reference).is_dir()
+    ]
+    if problems:
+        raise DatasetError(problems)
+    return studies
 
 
 def inference_studies(
@@ -219,21 +230,9 @@ def inference_studies(
 
     try:
         studies = check_grids(find_studies(source, modality_files, dicom_keywords), reference_modality, coregister)
-        if output_format == "dicom-seg":
-            index = _reference_index(reference_modality)
-            problems = [
-                f"study {s['case']}: DICOM SEG output needs the {DISPLAY[reference_modality]} as a DICOM series "
-                f"folder, got {reference}; choose output_format nifti or nrrd"
-                for s in studies
-                for reference in [s["image"] if isinstance(s["image"], str) else s["image"][index]]
-                if not Path(reference).is_dir()
-            ]
-            if problems:
-                raise DatasetError(problems)
-        return studies
+        return check_output_format(studies, reference_modality, output_format)
     except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise InputError(str(error)) from None
+        raise InputError.printed(str(error)) from None
 
 
 def skull_strip_warning(image: torch.Tensor | np.ndarray, affine: np.ndarray) -> str:

@@ -1,0 +1,388 @@
+"""Ignite handlers the bundle's configs attach for reliability: a batch of studies where a bad study is skipped and
+named, checkpoints that are complete or absent, random states saved with a checkpoint, and a stop on non-finite loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.engines import IterationEvents
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.transforms import Randomizable
+from monai.utils import CommonKeys
+
+from refineformer3d.data.errors import DatasetError, InputError
+from refineformer3d.data.validation import check_studies, display_path, study_files, study_name
+from refineformer3d.io import write_atomically
+from refineformer3d.writers import study_name_formatter
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "BestMetricState",
+    "RandomStates",
+    "StopOnNonFiniteLoss",
+    "StudyBatch",
+    "WeightsOnlyCheckpointLoader",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class StudyBatch:
+    """The studies of one inference run: checked before the engine starts, bad ones skipped and named.
+
+    Each study is checked (see :func:`refineformer3d.data.validation.check_study`) and its outputs are looked for
+    before any is processed; a study that fails is logged as one line naming it and its file, and left out, so every
+    other study is written. :meth:`finish`, the last step of the run, ends it with exit status 2 listing the skipped
+    studies. Attached to the evaluator, a failure while a study runs names that study and ends the run the same way
+    (outputs are written atomically, so it leaves none half-written).
+
+    Args:
+        source: anything :func:`~refineformer3d.data.find_studies` takes (a dataset, a study folder or a folder of
+            them, a datalist JSON, a 4-D NIfTI file or a folder of them).
+        output_dir: where the segmentations go.
+        pixdim: the voxel size in mm the pipeline resamples to; a study whose resampled grid would be too large is
+            refused.
+        overwrite: replace existing outputs; else a study whose output exists is skipped.
+        write_into_input: allow ``output_dir`` to be the input folder or lie inside it.
+        output_names: the files each study writes, ``{study}`` standing for its name (the segmentation, a PNG, a
+            report).
+        modality_files, dicom_keywords: as for :func:`~refineformer3d.data.find_studies`.
+        reference_modality, coregister: as for :func:`~refineformer3d.data.check_grids`.
+        output_format: as for :func:`~refineformer3d.data.grids.check_output_format`.
+
+    Raises:
+        InputError: when the studies cannot be listed, none is usable, or the output folder is refused.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        pixdim: Sequence[float] | None = None,
+        overwrite: bool = False,
+        write_into_input: bool = False,
+        output_names: Sequence[str] = ("{study}_seg.nii.gz",),
+        modality_files: Mapping[str, str] | None = None,
+        dicom_keywords: Mapping[str, Sequence[str]] | None = None,
+        reference_modality: str = "t1ce",
+        coregister: bool = False,
+        output_format: str = "nifti",
+    ) -> None:
+        from refineformer3d.data.datalist import find_studies, load_datalist
+        from refineformer3d.data.grids import check_grids, check_output_format
+
+        for name, flag in (("overwrite", overwrite), ("write_into_input", write_into_input)):
+            if not isinstance(flag, bool):
+                raise InputError.printed([f"{name} must be True or False, got {flag!r}"])
+        source = Path(source).expanduser().absolute()
+        try:
+            studies = find_studies(source, modality_files, dicom_keywords)
+            root = Path(load_datalist(source)["dataset_dir"]) if source.suffix == ".json" else source
+        except DatasetError as error:
+            raise InputError.printed([str(error)]) from None
+        root = root if root.is_dir() else root.parent
+        self.output_dir = Path(output_dir).expanduser().absolute()
+        real_root = os.path.realpath(root)
+        if not write_into_input and os.path.commonpath([os.path.realpath(self.output_dir), real_root]) == real_root:
+            raise InputError.printed(
+                [
+                    f"output_dir {self.output_dir} is inside the input folder {root}; choose another output_dir "
+                    "(or pass --write_into_input True)"
+                ]
+            )
+        self.skipped: dict[str, str] = {}
+        # Files named in a modality mapping may lie anywhere: the user chose them.
+        problems = check_studies(studies, root=None if modality_files else root, pixdim=pixdim, same_grid=False)
+        self.studies: list[dict] = []
+        for study, found in zip(studies, problems, strict=True):
+            if not found:
+                try:
+                    check_output_format(check_grids([study], reference_modality, coregister), reference_modality,
+                                        output_format)  # fmt: skip
+                except DatasetError as error:
+                    found = [str(error)]
+            meta = {"study": study.get("case"), "filename_or_obj": study_files(study)[0]}
+            subject = study_name_formatter(meta, None)["subject"]
+            outputs = [self.output_dir / name.format(study=subject) for name in output_names]
+            existing = [p for p in outputs if p.exists()]
+            if existing and not overwrite:
+                found = [*found, f"case {study_name(study)}: output {existing[0]} exists (pass --overwrite True)"]
+            if found:
+                self._skip(study, found[0])
+            else:
+                self.studies.append(study)
+        if not self.studies:
+            raise InputError.printed(
+                list(self.skipped.values()), f"inference: none of {len(studies)} studies is usable"
+            )
+        self._fetching = self._current = None
+
+    def _skip(self, study: Mapping, problem: str) -> None:
+        self.skipped[study_name(study)] = problem
+        logger.warning(f"skipped {problem}")
+
+    def attach(self, engine: Engine) -> None:
+        """Registers the failure path on ``engine``; attach it before handlers that re-raise (``StatsHandler``)."""
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_started)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def _batch_started(self, engine: Engine) -> None:
+        self._fetching = engine.state.iteration  # batches of one study, not shuffled: the index of the study
+
+    def _batch_completed(self, engine: Engine) -> None:
+        self._current, self._fetching = self._fetching, None
+
+    def _failed(self, engine: Engine, error: BaseException) -> None:
+        if isinstance(error, InputError):
+            raise error
+        index = self._fetching if self._fetching is not None else self._current
+        if index is None or index >= len(self.studies):
+            raise error
+        study = self.studies[index]
+        shown = display_path(study_files(study)[0], None)
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        problem = f"case {study_name(study)}: {shown}: failed during inference ({type(error).__name__}: {reason})"
+        logger.error(problem)
+        self.skipped[study_name(study)] = problem
+        left = len(self.studies) - index - 1
+        raise InputError.printed(
+            [*self.skipped.values()], f"inference stopped; {index} studies written, {left} not processed"
+        ) from error
+
+    def finish(self) -> None:
+        """Ends the run with exit status 2 (:class:`InputError`) when any study was skipped."""
+        if self.skipped:
+            total = len(self.studies) + len(self.skipped)
+            names = ", ".join(self.skipped)
+            raise InputError.printed(
+                list(self.skipped.values()),
+                f"{len(self.studies)} of {total} studies written; skipped {len(self.skipped)} ({names})",
+            )
+
+
+class WeightsOnlyCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (which loads with ``torch.load(..., weights_only=True)``) with a one-line error.
+
+    A checkpoint that holds anything but tensors and plain containers (a pickled object would run code when loaded)
+    is refused, as is a missing, truncated or mismatched one, with a message naming the file.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except pickle.UnpicklingError as error:
+            raise InputError.printed(
+                [
+                    f"checkpoint {self.load_path}: refused, it holds more than weights (loading it would run code): "
+                    f"{str(error).strip().splitlines()[0]}"
+                ]
+            ) from None
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
+            raise InputError.printed([f"checkpoint {self.load_path}: cannot be loaded ({reason})"]) from None
+
+
+class AtomicDiskSaver(BaseSaveHandler):
+    """Ignite save handler that writes a checkpoint completely or not at all and keeps the previous one until then.
+
+    Ignite's ``Checkpoint`` removes the file it replaces *before* saving the new one, and MONAI's ``CheckpointSaver``
+    saves in place: a kill during the save leaves no checkpoint, or a truncated one that resume then picks. Here the
+    new file is written under a temporary name and renamed (:func:`refineformer3d.io.write_atomically`), and removals
+    wait until the next save has succeeded.
+
+    Args:
+        dirname: the checkpoint folder.
+        filename: a fixed name for every save (``model.pt`` for the best model), or None for Ignite's names.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        self.dirname = Path(dirname)
+        self.filename = filename
+        self._pending: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        filename = self.filename or filename
+        write_atomically(self.dirname / filename, lambda tmp: torch.save(checkpoint, tmp))
+        for old in self._pending:
+            if old != filename:
+                (self.dirname / old).unlink(missing_ok=True)
+        self._pending = []
+
+    def remove(self, filename: str) -> None:
+        self._pending.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose files are written by :class:`AtomicDiskSaver`: a kill during a save leaves
+    the previous checkpoint intact. Arguments are ``CheckpointSaver``'s."""
+
+    def __init__(self, save_dir: str, *args, key_metric_filename: str | None = None, **kwargs) -> None:
+        super().__init__(save_dir, *args, key_metric_filename=key_metric_filename, **kwargs)
+        for checkpoint, filename in (
+            (self._final_checkpoint, self._final_filename),
+            (self._key_metric_checkpoint, key_metric_filename),
+            (self._interval_checkpoint, None),
+        ):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, filename)
+
+
+class BestMetricState:
+    """The validation's best-metric bookkeeping as a checkpoint entry, so a resumed run keeps the best model.
+
+    MONAI's evaluator keeps ``best_metric`` and ``best_metric_epoch`` in its state, and the best-model
+    ``CheckpointSaver`` keeps the score of the file it wrote; neither is in the trainer's state dict, so after a resume
+    the first validation would replace a better ``model.pt``. Saved with the trainer's checkpoint, they are restored
+    with it.
+
+    Args:
+        evaluator: the validation evaluator.
+        handlers: its handlers; the ``CheckpointSaver`` among them that keeps the best model (``save_key_metric``) has
+            its record restored too.
+    """
+
+    def __init__(self, evaluator: Engine, handlers: Sequence | None = None) -> None:
+        self.evaluator = evaluator
+        savers = [h for h in handlers or [] if getattr(h, "_key_metric_checkpoint", None) is not None]
+        self.saver = savers[0] if savers else None
+
+    def state_dict(self) -> dict:
+        return {
+            "best_metric": float(self.evaluator.state.best_metric),
+            "best_metric_epoch": int(self.evaluator.state.best_metric_epoch),
+            "saved": self.saver._key_metric_checkpoint.state_dict() if self.saver is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        if self.saver is not None and state.get("saved") is not None:
+            self.saver.load_state_dict(state["saved"])
+
+
+class RandomStates:
+    """The random states a run draws from, as a checkpoint entry, so a resumed run draws what the first would have.
+
+    Holds Python's, NumPy's and PyTorch's global generators and the ``R`` of every MONAI ``Randomizable`` transform
+    in ``transforms`` (crops, flips, intensity changes). Its state dict is tensors and plain containers, so it loads
+    with ``torch.load(..., weights_only=True)``.
+
+    Args:
+        transforms: a ``Compose`` (or any transform) whose random transforms to include.
+    """
+
+    def __init__(self, transforms=None) -> None:
+        self.transforms = _randomizables(transforms) if transforms is not None else []
+
+    def state_dict(self) -> dict:
+        python = random.getstate()
+        numpy_state = np.random.get_state()
+        return {
+            "python": [python[0], list(python[1]), python[2]],
+            "numpy": _numpy_state(numpy_state),
+            "torch": torch.get_rng_state(),
+            "transforms": [_numpy_state(t.R.get_state()) for t in self.transforms],
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if len(state["transforms"]) != len(self.transforms):
+            raise ValueError(
+                f"checkpoint holds {len(state['transforms'])} random transform states, the pipeline has "
+                f"{len(self.transforms)}; resume with the configuration that wrote it"
+            )
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        np.random.set_state(_from_numpy_state(state["numpy"]))
+        torch.set_rng_state(state["torch"])
+        for transform, saved in zip(self.transforms, state["transforms"], strict=True):
+            transform.R.set_state(_from_numpy_state(saved))
+
+
+def _randomizables(transform) -> list[Randomizable]:
+    """Every ``Randomizable`` in ``transform``, nested ones included: MONAI's dictionary transforms draw from the
+    ``R`` of the array transform they wrap (``RandSpatialCropd.cropper``), not their own."""
+    found: dict[int, Randomizable] = {}
+
+    def visit(value, depth: int) -> None:
+        if depth > 4 or id(value) in found:
+            return
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item, depth + 1)
+            return
+        if not isinstance(value, Randomizable) and not hasattr(value, "transforms"):
+            return
+        if isinstance(value, Randomizable):
+            found[id(value)] = value
+        for attribute in vars(value).values():
+            visit(attribute, depth + 1)
+
+    visit(transform, 0)
+    return list(found.values())
+
+
+def _numpy_state(state: tuple) -> dict:
+    name, keys, pos, has_gauss, cached = state
+    keys = torch.from_numpy(keys.astype(np.int64))
+    return {"name": name, "keys": keys, "pos": int(pos), "gauss": [int(has_gauss), float(cached)]}
+
+
+def _from_numpy_state(state: Mapping) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, state["pos"], state["gauss"][0], state["gauss"][1])
+
+
+class StopOnNonFiniteLoss:
+    """Ends training at the first non-finite loss, naming the epoch, the iteration and the batch's studies.
+
+    Checks on MONAI's ``IterationEvents.LOSS_COMPLETED``, before the backward pass and the optimiser step, so the
+    weights (and any checkpoint written after) stay finite. Under AMP a ``GradScaler`` already skips a step whose
+    gradients overflow; there ``max_skipped`` consecutive non-finite losses are skipped the same way (the scaler
+    lowers its scale) and the run stops after that many.
+
+    Args:
+        max_skipped: consecutive non-finite losses tolerated when the trainer has a ``GradScaler`` (AMP); without one
+            the first stops the run.
+    """
+
+    def __init__(self, max_skipped: int = 10) -> None:
+        if max_skipped < 0:
+            raise ValueError(f"max_skipped must be >= 0, got {max_skipped}")
+        self.max_skipped = max_skipped
+        self.skipped = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        loss = engine.state.output[CommonKeys.LOSS]
+        if torch.isfinite(loss).all():
+            self.skipped = 0
+            return
+        scaler = getattr(engine, "scaler", None)
+        where = f"epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+        # A scaler that is off (AMP on a CPU) steps whatever the gradients hold: only an enabled one skips.
+        if scaler is not None and scaler.is_enabled() and self.skipped < self.max_skipped:
+            self.skipped += 1
+            engine.logger.warning(f"non-finite loss {loss.item()} at {where}; GradScaler skips this step")
+            return
+        batch = engine.state.batch
+        files = []
+        if isinstance(batch, Mapping) and CommonKeys.IMAGE in batch:
+            meta = getattr(batch[CommonKeys.IMAGE], "meta", {})
+            files = [str(f) for f in np.ravel(meta.get("filename_or_obj", []))]
+        studies = f" (studies: {', '.join(files)})" if files else ""
+        raise FloatingPointError(f"non-finite loss {loss.item()} at {where}{studies}; training stopped")
