@@ -238,3 +238,39 @@ def test_bad_label_value_is_one_line_naming_case_and_file(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "case B" in err and str(tmp_path / "pred" / "B_seg.nii.gz") in err and "[7]" in err
     assert not out.exists(), "nothing half-written"
+
+
+def test_training_metrics_follow_the_package(tmp_path):
+    """train.json's Dice (DiceMetric, ignore_empty=False) and HD95 (BratsHausdorffDistanceMetric) against the package.
+
+    Dice equals it, the empty-region rules included. HD95 takes MONAI's definition (the larger directed 95th
+    percentile), so it is at least the package's pooled one: close to it without spurious islands, and far above it
+    with one (an island's distances fill one direction's top 5 % but are diluted in the pooled set).
+    """
+    from monai.metrics import DiceMetric
+
+    from refineformer3d.metrics import BratsHausdorffDistanceMetric
+
+    parts = CONVENTIONS["brats2023"]
+    for case, (ref, pred) in _cases(parts).items():
+        _save(ref, tmp_path / "ref" / f"{case}_seg.nii.gz")
+        _save(pred, tmp_path / "pred" / f"{case}_seg.nii.gz")
+    document = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", "regions", "brats2023", "brats2023")
+    rows = {r["case"]: r for r in document["cases"]}
+    dice = DiceMetric(include_background=True, ignore_empty=False)
+    hd95 = BratsHausdorffDistanceMetric(spacing=SPACING, include_background=True)
+    for case, (ref, pred) in _cases(parts).items():
+        masks = {
+            name: torch.stack(
+                [torch.from_numpy(np.isin(a, [parts[p] for p in REGIONS[r]])) for r in ("WT", "TC", "ET")]
+            )
+            for name, a in (("ref", ref), ("pred", pred))
+        }
+        ours_dice = dice(masks["pred"][None].float(), masks["ref"][None].float())[0]
+        ours_hd95 = hd95(masks["pred"][None].float(), masks["ref"][None].float())[0]
+        for i, region in enumerate(("wt", "tc", "et")):
+            package = rows[case]
+            assert ours_dice[i].item() == pytest.approx(package[f"global_dsc_{region}"], abs=1e-4), (case, region)
+            assert package[f"global_hd95_{region}"] - 1e-3 <= ours_hd95[i].item(), (case, region)
+            if package[f"all_instance_fp_{region}"] == 0:
+                assert ours_hd95[i].item() <= package[f"global_hd95_{region}"] + 1.5, (case, region)
