@@ -34,6 +34,7 @@ __all__ = [
     "label_colours",
     "label_names",
     "region_labels",
+    "to_convention",
 ]
 
 PARTS = ("necrosis", "edema", "enhancing")
@@ -131,6 +132,26 @@ def region_labels(scheme: str = "classes", convention: str = "brats", abbreviati
         if covered == set(wanted):
             regions[region if abbreviations else REGION_NAMES[region]] = values
     return regions
+
+
+def to_convention(scheme: str = "classes", convention: str = "brats", target: str = "brats2023") -> dict[int, int]:
+    """Label value written by ``scheme`` (in ``convention``) -> the ``target`` convention's value for it.
+
+    A value holding several tumour parts (``classes``' tumour core: necrosis + enhancing) takes its first part's value
+    (necrosis), so tumour core and whole tumour keep their voxels and enhancing tumour stays empty; the caller reports
+    only the regions :func:`region_labels` lists for ``scheme``. Background (0) maps to 0.
+
+    Args:
+        scheme: ``"classes"`` or ``"regions"`` (for a reference label file: ``"regions"``, its raw tumour parts).
+        convention: the raw values ``scheme`` is written in (``regions`` only; ``classes`` writes 1 and 2 always).
+        target: the convention to map to; the BraTS 2023+ challenges (and their evaluation package) use
+            ``"brats2023"``: 1 necrosis / non-enhancing, 2 edema, 3 enhancing.
+
+    Returns:
+        ``{0: 0, 1: 1, 2: 2}`` for ``classes``; ``{0: 0, 1: 1, 2: 2, 4: 3}`` for ``regions`` from ``"brats"``.
+    """
+    values = CONVENTIONS[check_convention(target)]
+    return {0: 0, **{value: values[parts[0]] for value, parts in _parts_of(scheme, convention).items()}}
 
 
 def label_colours(scheme: str = "classes", convention: str = "brats") -> dict[int, tuple[float, float, float]]:

@@ -113,8 +113,8 @@ def test_training_writes_best_model_and_resume_checkpoint(trained):
     assert math.isfinite(metrics["val_mean_dice"])
     for name in ("val_dice_tc", "val_dice_edema", "val_dice_wt", "val_mean_iou"):
         assert 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
-    # HD95 is infinite while a class is predicted nowhere, never NaN or negative
-    assert metrics["val_hd95"] >= 0.0 and not math.isnan(metrics["val_hd95"])
+    # BraTS rules: HD95 in mm and finite (capped at 373 when a region is predicted nowhere), never NaN or infinite
+    assert 0.0 <= metrics["val_hd95"] <= 373.0 and 0.0 <= metrics["val_hd95_wt"] <= 373.0
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     from refineformer3d.networks import create_model
@@ -147,6 +147,13 @@ def test_evaluate_writes_per_case_and_summary_csv(trained, tiny_brats):
     assert len(rows) >= 2  # a header and at least one case
     assert (out / "val_mean_dice_summary.csv").exists()
     assert (out / "metrics.csv").read_text().strip()
+    # The BraTS package's table beside MONAI's, for the labelled test studies (never the model-selection split)
+    brats = json.loads((out / "brats_testing.json").read_text())
+    assert brats["split"] == "testing" and brats["model_selection"] is False
+    assert len(brats["cases"]) == len(rows) - 1
+    assert brats["cases"][0]["global_dsc_et"] is None, "the classes scheme has no enhancing tumour: n/a, not 0"
+    assert 0.0 <= brats["summary"]["mean"]["global_dsc_wt"] <= 1.0
+    assert (out / "brats_testing_cases.csv").exists() and (out / "brats_testing_summary.csv").exists()
 
 
 def _lps_2mm_studies(tiny_brats: Path, out: Path) -> list[Path]:
@@ -260,6 +267,7 @@ def test_training_on_handed_over_datalists_never_builds_the_default_dataset(tmp_
 def test_regions_scheme_trains_and_writes_brats_labels(tmp_path, tiny_brats):
     _, metrics = _train(tmp_path, tiny_brats, epochs=1, config_file=[TRAIN, REGIONS])
     assert math.isfinite(metrics["val_mean_dice"]) and "val_dice_et" in metrics
+    assert 0.0 <= metrics["val_hd95"] <= 373.0 and 0.0 <= metrics["val_hd95_wt"] <= 373.0
     out = tmp_path / "seg"
     # regions.json overlays training (loss, validate#); inference needs only the scheme
     wf = _workflow(

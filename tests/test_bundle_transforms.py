@@ -67,3 +67,48 @@ def test_dataset_is_checked_on_start_unless_switched_off(tiny_brats, tmp_path):
     assert flair.name in str(failure.value) and "truncated" in str(failure.value)
     datalist = _parser(data, verify_dataset=False).get_parsed_content("datalist")
     assert len(datalist["training"]) > 0
+
+
+def _lesion_postprocessing(**override):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(override)
+    from monai.transforms import Compose
+
+    return Compose(parser.get_parsed_content("lesion_postprocessing"))
+
+
+def _label(spacing=(1.0, 1.0, 1.0)):
+    """(1, 40, 40, 40): a 20^3 tumour (core inside edema), a 5^3 edema island (125 voxels) and a 2^3 one (8)."""
+    from monai.data import MetaTensor
+
+    label = torch.zeros(1, 40, 40, 40)
+    label[0, 5:25, 5:25, 5:25] = 2
+    label[0, 10:20, 10:20, 10:20] = 1
+    label[0, 30:35, 30:35, 30:35] = 2
+    label[0, 36:38, 2:4, 2:4] = 2
+    return MetaTensor(label, affine=torch.diag(torch.tensor([*spacing, 1.0])))
+
+
+def test_lesion_postprocessing_removes_islands_below_the_ml_threshold():
+    label = _label()
+    out = _lesion_postprocessing(min_lesion_ml=0.1)({"pred": label})["pred"]
+    assert torch.equal(out[0, :25, :25, :25], label[0, :25, :25, :25]), "the tumour itself is untouched"
+    assert (out[0, 30:35, 30:35, 30:35] == 2).all(), "0.125 mL is kept at 0.1 mL"
+    assert (out[0, 36:38, 2:4, 2:4] == 0).all(), "0.008 mL is removed"
+    # In mL, not voxels: at 2 mm voxels the 125-voxel island is 1 mL and the 8-voxel one 0.064 mL.
+    out = _lesion_postprocessing(min_lesion_ml=0.5)({"pred": _label((2.0, 2.0, 2.0))})["pred"]
+    assert (out[0, 30:35, 30:35, 30:35] == 2).all() and (out[0, 36:38, 2:4, 2:4] == 0).all()
+    out = _lesion_postprocessing(min_lesion_ml=0.0, keep_largest_lesion=True)({"pred": _label()})["pred"]
+    assert int((out > 0).sum()) == 20**3, "keep_largest_lesion keeps only the tumour"
+
+
+def test_small_enhancing_tumour_becomes_necrosis_in_the_regions_scheme():
+    label = _label()
+    label[0, 14:16, 14:16, 14:16] = 4  # 8 voxels of enhancing tumour inside the core: 0.008 mL
+    out = _lesion_postprocessing(label_scheme="regions", min_enhancing_ml=0.01)({"pred": label.clone()})["pred"]
+    assert not (out == 4).any() and (out[0, 14:16, 14:16, 14:16] == 1).all()
+    out = _lesion_postprocessing(label_scheme="regions", min_enhancing_ml=0.005)({"pred": label.clone()})["pred"]
+    assert (out[0, 14:16, 14:16, 14:16] == 4).all(), "above the threshold: kept"
+    out = _lesion_postprocessing(label_scheme="classes", min_enhancing_ml=0.01)({"pred": _label()})["pred"]
+    assert set(torch.unique(out).tolist()) == {0.0, 1.0, 2.0}, "the classes scheme has no enhancing label to move"

@@ -34,7 +34,7 @@ REQUIRED_METADATA = (
     "network_data_format",
 )
 # Import names whose PyPI distribution is named differently.
-DISTRIBUTIONS = {"ignite": "pytorch-ignite", "torch": "torch"}
+DISTRIBUTIONS = {"ignite": "pytorch-ignite", "torch": "torch", "brats_evaluation": "brats-evaluation"}
 
 
 @pytest.fixture(scope="module")

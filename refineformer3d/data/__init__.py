@@ -39,6 +39,7 @@ _EXPORTS = {
     "BratsLabelsFromPredictiond": "transforms",
     "ConvertBratsLabelsd": "transforms",
     "PathSafeSpacingd": "transforms",
+    "RelabelSmallEnhancingd": "transforms",
 }
 __all__ = list(_EXPORTS)
 
@@ -61,7 +62,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .modalities import DICOM_KEYWORDS, dicom_modality, modality_of_name  # noqa: F401
     from .studies import write_studies  # noqa: F401
     from .synthetic import ensure_dataset, make_case, make_dataset  # noqa: F401
-    from .transforms import BratsLabelsFromPredictiond, ConvertBratsLabelsd, PathSafeSpacingd  # noqa: F401
+    from .transforms import (  # noqa: F401
+        BratsLabelsFromPredictiond,
+        ConvertBratsLabelsd,
+        PathSafeSpacingd,
+        RelabelSmallEnhancingd,
+    )
     from .validation import check_study, checked_datalist, verify_entries  # noqa: F401
 
 
