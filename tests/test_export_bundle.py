@@ -146,7 +146,8 @@ DRIVER = textwrap.dedent(
 def _clean_env() -> dict[str, str]:
     """No PYTHONPATH to the repository, no user site; site-packages only (read without its .pth files)."""
     keep = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR", "REFINEFORMER3D_CACHE") if k in os.environ}
-    return {**keep, "PYTHONPATH": sysconfig.get_paths()["purelib"], "OMP_NUM_THREADS": "2"}
+    site = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    return {**keep, "PYTHONPATH": os.pathsep.join(site), "OMP_NUM_THREADS": "2"}
 
 
 def test_zoo_commands_and_inference_run_from_the_bundle_alone(exported, tiny_brats, tmp_path):
