@@ -230,7 +230,13 @@ def test_report_volumes_are_the_written_segmentation(reported, studies):
         assert report["study"] == case and report["label_scheme"] == "classes"
         assert report["segmentation"] == str(out / f"{case}_seg.nii.gz")
         assert report["png"] == str(out / f"{case}_seg.png")
-        assert report["input_files"] == [str(studies / case / f"{case}_flair.nii.gz")]
+        # all four inputs, and the grid the segmentation was written on
+        assert report["input_files"] == {
+            m: str(studies / case / f"{case}_{m}.nii.gz") for m in ("flair", "t1", "t1ce", "t2")
+        }
+        assert report["reference_modality"] == "t1ce"
+        assert report["reference_grid"]["shape"] == list(seg.shape)
+        np.testing.assert_allclose(report["reference_grid"]["affine_ras"], seg.affine, atol=1e-4)
         # one study's time, within the whole inference run that Ignite timed
         assert 0 < report["runtime_s"] < evaluator.state.times["COMPLETED"] and report["runtime_covers"]
         assert report["device"] == "cpu" and report["model_version"] == version

@@ -162,7 +162,8 @@ def _is_dicom(path: Path) -> bool:
 def dicom_series(folder: str | os.PathLike) -> DicomSeries | None:
     """The DICOM series held by ``folder`` (one series per folder), or ``None`` when it holds no DICOM file.
 
-    Reads the header of one file (pixel data skipped). Needs pydicom.
+    Reads the headers of its first and last file (pixel data skipped). Needs pydicom. A flat folder of several
+    series is not split: it is reported, so each series can be given a folder of its own.
 
     Raises:
         DatasetError: when the folder's DICOM files belong to more than one series.
