@@ -46,6 +46,18 @@ def test_a_folder_of_studies_is_a_batch(tmp_path):
     assert [s["case"] for s in find_studies(tmp_path)] == ["mystudy", "sub-01", "sub-02"]
 
 
+def test_brats_cases_and_other_namings_in_one_batch(tmp_path):
+    from _studies import brats
+
+    brats(tmp_path, "Brats17_X_1", LEVELS, AFFINE)
+    named(tmp_path / "sub-01" / "anat", BIDS, LEVELS, AFFINE)
+    assert [s["case"] for s in find_studies(tmp_path)] == ["Brats17_X_1", "sub-01"]
+    # A BraTS-layout case missing a file keeps the layout's error, which names the file.
+    (tmp_path / "Brats17_X_1" / "Brats17_X_1_t1ce.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="case Brats17_X_1: missing t1ce file Brats17_X_1/Brats17_X_1_t1ce.nii.gz"):
+        find_studies(tmp_path)
+
+
 def test_dicom_study_one_series_per_folder(tmp_path):
     study = dicom(tmp_path / "Study1", LEVELS, AFFINE, DICOM_DESCRIPTIONS, agent="Gadobutrol")
     (found,) = find_studies(study)

@@ -38,6 +38,7 @@ import numpy as np
 from refineformer3d.data.errors import DatasetError
 from refineformer3d.data.layouts import (
     LAYOUTS,
+    UnknownLayoutError,
     _Case,
     _is_nifti,
     detect_layout,
@@ -412,18 +413,12 @@ def find_studies(
     elif path.is_dir():
         try:
             root, _, cases = discover(path, need_labels=False)
-        except DatasetError as error:
+        except UnknownLayoutError as error:
+            # A recognised layout with a bad case keeps discover's error, which names the missing file.
             folders = find_study_folders(path)
             files = sorted(f for f in path.iterdir() if f.is_file() and _is_nifti(f.name))
             if folders:
-                studies, problems = [], []
-                for folder in folders:
-                    try:
-                        studies.append(read_study(folder, dicom_keywords=dicom_keywords))
-                    except DatasetError as bad:
-                        problems.append(str(bad))
-                if problems:
-                    raise DatasetError(problems) from None
+                studies = _read_studies(folders, dicom_keywords)
             elif files:
                 # Checked per study by refineformer3d.data.validation: one bad file must not hide the others.
                 studies = [_study_file(f, check=False) for f in files]
@@ -434,6 +429,10 @@ def find_studies(
                 {"image": [str(p) for p in c.image] if isinstance(c.image, list) else str(c.image), "case": c.name}
                 for c in cases
             ]
+            # Studies in other namings beside BraTS-layout cases are part of the batch too.
+            covered = {Path(c.image[0]).parent for c in cases if isinstance(c.image, list)}
+            others = [f for f in find_study_folders(path) if f not in covered]
+            studies += _read_studies(others, dicom_keywords)
     else:
         raise DatasetError(
             [
@@ -442,6 +441,19 @@ def find_studies(
             ]
         )
     return sorted(studies, key=lambda s: (s["case"], str(s["image"])))
+
+
+def _read_studies(folders: Sequence[Path], dicom_keywords) -> list[dict]:
+    """:func:`read_study` of each folder; every bad study named in one error."""
+    studies, problems = [], []
+    for folder in folders:
+        try:
+            studies.append(read_study(folder, dicom_keywords=dicom_keywords))
+        except DatasetError as bad:
+            problems.append(str(bad))
+    if problems:
+        raise DatasetError(problems)
+    return studies
 
 
 def _study_name(image) -> str:

@@ -36,7 +36,16 @@ from refineformer3d.data.modalities import (
     study_name,
 )
 
-__all__ = ["CHANNELS", "LAYOUTS", "DatasetError", "detect_layout", "discover", "find_study_folders", "read_study"]
+__all__ = [
+    "CHANNELS",
+    "LAYOUTS",
+    "DatasetError",
+    "UnknownLayoutError",
+    "detect_layout",
+    "discover",
+    "find_study_folders",
+    "read_study",
+]
 
 LAYOUTS = ("brats2017", "brats2018-2020", "brats2021", "brats2023", "msd")
 # File suffixes in CHANNELS order, then the label, for each separator between case name and modality.
@@ -49,6 +58,10 @@ _YEARS = (
 _MSD_IMAGE = re.compile(r"^BRATS_\d+\.nii(\.gz)?$")
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 _GRADES = ("HGG", "LGG")
+
+
+class UnknownLayoutError(DatasetError):
+    """No dataset layout fits (no NIfTI, an unknown naming, or several layouts mixed); studies may still be found."""
 
 
 @dataclass
@@ -175,14 +188,14 @@ def discover(dataset_dir: str | os.PathLike, need_labels: bool = True) -> tuple[
             "<case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz (2023+), or MSD Task01 imagesTr/BRATS_XXX.nii.gz"
         )
         if not niftis:
-            raise DatasetError([f"no NIfTI files in {root}; expected {expected}"])
-        raise DatasetError(
+            raise UnknownLayoutError([f"no NIfTI files in {root}; expected {expected}"])
+        raise UnknownLayoutError(
             [f"unknown layout in {root}: found NIfTI files such as {', '.join(niftis[:3])} but expected {expected}"]
         )
     layouts = sorted({c.layout for c in cases})
     if len(layouts) > 1:
         counts = ", ".join(f"{sum(c.layout == lay for c in cases)} {lay}" for lay in layouts)
-        raise DatasetError([f"mixed layouts in {root} ({counts} cases); point at one dataset"])
+        raise UnknownLayoutError([f"mixed layouts in {root} ({counts} cases); point at one dataset"])
     names = [c.name for c in cases]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     problems.extend(f"case {n}: found more than once" for n in duplicates)
