@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import CONFIGS, REPO, run_checked
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
@@ -417,3 +417,16 @@ def test_bundle_root_is_found_from_the_repository_or_the_bundle_folder(config, t
     parser.parse(reset=True)
     monkeypatch.chdir(tmp_path)  # a bundle folder: configs/ here, no bundle/configs/ below
     assert parser.get_parsed_content("bundle_root") == "."
+
+
+def test_shipped_regions_weights_load_into_the_inference_network():
+    """bundle/models/model_regions.pt (TC/WT/ET sigmoid channels, float16 storage) fits inference.json's network."""
+    path = REPO / "bundle" / "models" / "model_regions.pt"
+    state = torch.load(path, weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    parser.update({"label_scheme": "regions", "device": "cpu"})
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(state)
+    assert network.decode_head.classifier.out_channels == 3
