@@ -196,8 +196,9 @@ def reported(bundle_root, studies, tmp_path_factory):
 
 def test_handler_is_the_last_one_and_attached(reported):
     _, handlers, evaluator, _, _ = reported
-    assert [type(h).__name__ for h in handlers] == ["StatsHandler", "StudyReportSaver"]
-    assert evaluator.has_event_handler(handlers[1], Events.ITERATION_COMPLETED)
+    # StudyBatch comes first: its failure path must run before StatsHandler re-raises (see refineformer3d.handlers)
+    assert [type(h).__name__ for h in handlers] == ["StudyBatch", "StatsHandler", "StudyReportSaver"]
+    assert evaluator.has_event_handler(handlers[-1], Events.ITERATION_COMPLETED)
 
 
 def test_files_lie_beside_the_segmentations(reported, studies):
@@ -279,7 +280,7 @@ def test_image_is_invertible_after_postprocessing(reported):
 
 def test_both_flags_off_leaves_the_handler_out(bundle_root, studies, tmp_path):
     wf = _workflow(bundle_root, studies, tmp_path)
-    assert [type(h).__name__ for h in wf.parser.get_parsed_content("handlers")] == ["StatsHandler"]
+    assert [type(h).__name__ for h in wf.parser.get_parsed_content("handlers")] == ["StudyBatch", "StatsHandler"]
     wf.run()
     wf.finalize()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p.name}_seg.nii.gz" for p in studies.iterdir())
