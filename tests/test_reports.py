@@ -196,7 +196,7 @@ def reported(bundle_root, studies, tmp_path_factory):
 
 def test_handler_is_the_last_one_and_attached(reported):
     _, handlers, evaluator, _, _ = reported
-    # StudyBatch (the batch's bookkeeping of skipped studies) comes first, the report saver last
+    # StudyBatch comes first: its failure path must run before StatsHandler re-raises (see refineformer3d.handlers)
     assert [type(h).__name__ for h in handlers] == ["StudyBatch", "StatsHandler", "StudyReportSaver"]
     assert evaluator.has_event_handler(handlers[-1], Events.ITERATION_COMPLETED)
 
