@@ -42,10 +42,11 @@ class StudyBatch:
     """The studies of one inference run: checked before the engine starts, bad ones skipped and named.
 
     Each study is checked (see :func:`refineformer3d.data.validation.check_study`) and its outputs are looked for
-    before any is processed; a study that fails is logged as one line naming it and its file, and left out, so every
-    other study is written. :meth:`finish`, the last step of the run, ends it with exit status 2 listing the skipped
-    studies. Attached to the evaluator, a failure while a study runs names that study and ends the run the same way
-    (outputs are written atomically, so it leaves none half-written).
+    before any is processed; a study that fails, or that the listing cannot use (a modality missing or found twice), is
+    logged as one line naming it and its file, and left out, so every other study is written. :meth:`finish`, the
+    last step of the run, ends it with exit status 2 listing the skipped studies. Attached to the evaluator, a failure
+    while a study runs names that study and ends the run the same way (outputs are written atomically, so it leaves
+    none half-written).
 
     Args:
         source: anything :func:`~refineformer3d.data.find_studies` takes (a dataset, a study folder or a folder of
@@ -87,7 +88,8 @@ class StudyBatch:
                 raise InputError.printed([f"{name} must be True or False, got {flag!r}"])
         source = Path(source).expanduser().absolute()
         try:
-            studies = find_studies(source, modality_files, dicom_keywords)
+            listed: dict[str, str] = {}
+            studies = find_studies(source, modality_files, dicom_keywords, skipped=listed)
             root = Path(load_datalist(source)["dataset_dir"]) if source.suffix == ".json" else source
         except DatasetError as error:
             raise InputError.printed([str(error)]) from None
@@ -102,6 +104,9 @@ class StudyBatch:
                 ]
             )
         self.skipped: dict[str, str] = {}
+        for problem in listed.values():
+            logger.warning(f"skipped {problem}")
+        self.skipped.update(listed)
         # Files named in a modality mapping may lie anywhere: the user chose them.
         problems = check_studies(studies, root=None if modality_files else root, pixdim=pixdim, same_grid=False)
         self.studies: list[dict] = []
@@ -124,7 +129,7 @@ class StudyBatch:
                 self.studies.append(study)
         if not self.studies:
             raise InputError.printed(
-                list(self.skipped.values()), f"inference: none of {len(studies)} studies is usable"
+                list(self.skipped.values()), f"inference: none of {len(self.skipped)} studies is usable"
             )
         self._fetching = self._current = None
 

@@ -25,8 +25,6 @@ INFERENCE = str(CONFIGS / "inference.json")
 TRAIN = str(CONFIGS / "train.json")
 LOGGING = str(CONFIGS / "logging.conf")
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-# Corruptions that stop the listing of a BraTS folder as a whole (a case missing a modality file): tested apart.
-_LISTING = {"missing_modality", "folder_in_place_of_file"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,7 @@ def test_inference_over_the_corpus_writes_every_good_study_and_names_each_bad_on
     copy_case(good_case, folder, "Brats17_GOOD_1")
     expected = {}
     for corruption in CORPUS:
-        if corruption.name in _LISTING or (corruption.name == "unreadable_file" and os.geteuid() == 0):
+        if corruption.name == "unreadable_file" and os.geteuid() == 0:
             continue
         bad = copy_case(good_case, folder, case_name(corruption))
         pattern = corruption.apply(bad, tmp_path / "outside")
@@ -71,16 +69,32 @@ def test_inference_over_the_corpus_writes_every_good_study_and_names_each_bad_on
     assert {p: p.lstat().st_mtime_ns for p in (tmp_path / "studies").rglob("*")} == before  # inputs untouched
 
 
-@pytest.mark.parametrize("name", sorted(_LISTING))
-def test_a_case_missing_a_modality_stops_the_listing_with_one_line(good_case, tmp_path, name):
-    (corruption,) = [c for c in CORPUS if c.name == name]
+def test_studies_missing_a_modality_are_skipped_at_listing_and_named_at_the_end(good_case, tmp_path):
     folder = tmp_path / "studies"
     copy_case(good_case, folder, "Brats17_GOOD_1")
-    corruption.apply(copy_case(good_case, folder, case_name(corruption)), tmp_path / "outside")
-    with pytest.raises(InputError) as failure:  # the study folder's listing names the study and the modality
-        StudyBatch(folder, tmp_path / "out")
-    assert case_name(corruption) in str(failure.value) and "t1ce" in str(failure.value).lower()
+    expected = {}
+    for corruption in CORPUS:
+        if corruption.name in ("missing_modality", "folder_in_place_of_file"):
+            expected[case_name(corruption)] = corruption.apply(
+                copy_case(good_case, folder, case_name(corruption)), None
+            )
+    plain = folder / "plain_study"
+    plain.mkdir()
+    for part, modality in (("flair", "flair"), ("t1", "t1"), ("t1ce", "t1ce"), ("t2", "t2"), ("t1ce", "t1gd")):
+        os.symlink(file_of(good_case, part), plain / f"{modality}.nii.gz")  # two candidates for T1ce
+    batch = StudyBatch(folder, tmp_path / "out")
+    assert [s["case"] for s in batch.studies] == ["Brats17_GOOD_1"]
+    for name, pattern in expected.items():
+        assert re.search(pattern, batch.skipped[name])
+    assert batch.skipped["plain_study"].startswith("study plain_study: 2 candidates for T1ce")
+    with pytest.raises(InputError, match=r"1 of 4 studies written; skipped 3 \(") as failure:
+        batch.finish()
+    assert failure.value.code == 2 and all(name in str(failure.value) for name in [*expected, "plain_study"])
     assert not (tmp_path / "out").exists()
+    # One study on its own is no batch: its one-line error, as before.
+    (name,) = [n for n in expected if "missing" in n]
+    with pytest.raises(InputError, match=f"case {name}: missing t1ce file"):
+        StudyBatch(folder / name, tmp_path / "out")
 
 
 def test_four_d_studies_are_checked_one_by_one(good_case, tmp_path):

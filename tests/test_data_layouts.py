@@ -58,6 +58,31 @@ def test_brats_cases_and_other_namings_in_one_batch(tmp_path):
         find_studies(tmp_path)
 
 
+def test_a_batch_lists_its_bad_studies_apart_when_asked(tmp_path):
+    from _studies import brats
+
+    for case in ("Brats17_X_1", "Brats17_Y_1"):
+        brats(tmp_path / "brats", case, LEVELS, AFFINE)
+    (tmp_path / "brats" / "Brats17_Y_1" / "Brats17_Y_1_t1ce.nii.gz").unlink()
+    named(tmp_path / "brats" / "sub-01" / "anat", BIDS, LEVELS, AFFINE)
+    named(tmp_path / "plain" / "good", PLAIN, LEVELS, AFFINE)
+    save_nifti(named(tmp_path / "plain" / "twice", PLAIN, LEVELS, AFFINE) / "t1gd.nii.gz", LEVELS[2], AFFINE)
+    (named(tmp_path / "plain" / "short", PLAIN, LEVELS, AFFINE) / "t2.nii.gz").unlink()
+    skipped: dict[str, str] = {}
+    assert [s["case"] for s in find_studies(tmp_path / "brats", skipped=skipped)] == ["Brats17_X_1", "sub-01"]
+    assert skipped == {"Brats17_Y_1": "case Brats17_Y_1: missing t1ce file Brats17_Y_1/Brats17_Y_1_t1ce.nii.gz"}
+    skipped = {}
+    assert [s["case"] for s in find_studies(tmp_path / "plain", skipped=skipped)] == ["good"]
+    assert sorted(skipped) == ["short", "twice"]
+    assert skipped["twice"].startswith("study twice: 2 candidates for T1ce: t1ce.nii.gz, t1gd.nii.gz")
+    assert skipped["short"].startswith("study short: no T2 file")
+    # Without a good study there is no batch: the one study's error, as without ``skipped``.
+    for study in (tmp_path / "brats" / "Brats17_Y_1", tmp_path / "plain" / "short"):
+        skipped = {}
+        with pytest.raises(DatasetError, match="missing t1ce file|no T2 file"):
+            find_studies(study, skipped=skipped)
+
+
 def test_dicom_study_one_series_per_folder(tmp_path):
     study = dicom(tmp_path / "Study1", LEVELS, AFFINE, DICOM_DESCRIPTIONS, agent="Gadobutrol")
     (found,) = find_studies(study)

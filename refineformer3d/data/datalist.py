@@ -46,7 +46,7 @@ from refineformer3d.data.layouts import (
     find_study_folders,
     read_study,
 )
-from refineformer3d.data.modalities import CHANNELS
+from refineformer3d.data.modalities import CHANNELS, is_image_file, study_name
 from refineformer3d.io import write_atomically
 from refineformer3d.labels import CONVENTIONS
 
@@ -373,6 +373,7 @@ def find_studies(
     source: str | os.PathLike,
     modality_files: Mapping[str, str | os.PathLike] | None = None,
     dicom_keywords: Mapping[str, Sequence[str]] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> list[dict]:
     """Lists studies for inference.
 
@@ -389,15 +390,19 @@ def find_studies(
             absolute: these files are taken as they are, the other modalities are found by name.
         dicom_keywords: SeriesDescription phrases per modality, replacing
             :data:`~refineformer3d.data.modalities.DICOM_KEYWORDS`.
+        skipped: for a folder of several studies: a study that lacks a modality or has two candidates for one is
+            left out and its one-line problem recorded here under the study's name, so one bad study does not stop
+            the batch. Without it, or when no study is left, such a study is an error.
 
     Returns:
         ``[{"image": path or [flair, t1, t1ce, t2], "case": name}]`` with absolute paths, sorted by case; never empty.
 
     Raises:
         DatasetError: (a ``ValueError``) when nothing usable is found, or a study lacks a modality or has two
-            candidates for one; one line naming the study, the modality and the candidates.
+            candidates for one (see ``skipped``); one line naming the study, the modality and the candidates.
     """
     path = Path(source).expanduser().absolute()
+    bad: dict[str, str] | None = None if skipped is None else {}
     if modality_files:
         folders = find_study_folders(path) if path.is_dir() else []
         if len(folders) > 1:
@@ -412,13 +417,14 @@ def find_studies(
         studies = [_study_file(path)]
     elif path.is_dir():
         try:
-            root, _, cases = discover(path, need_labels=False)
+            root, _, cases = discover(path, need_labels=False, skipped=bad)
         except UnknownLayoutError as error:
             # A recognised layout with a bad case keeps discover's error, which names the missing file.
+            bad = None if skipped is None else {}  # mixed layouts: the folders are read again below
             folders = find_study_folders(path)
             files = sorted(f for f in path.iterdir() if f.is_file() and _is_nifti(f.name))
             if folders:
-                studies = _read_studies(folders, dicom_keywords)
+                studies = _read_studies(folders, dicom_keywords, bad)
             elif files:
                 # Checked per study by refineformer3d.data.validation: one bad file must not hide the others.
                 studies = [_study_file(f, check=False) for f in files]
@@ -431,8 +437,9 @@ def find_studies(
             ]
             # Studies in other namings beside BraTS-layout cases are part of the batch too.
             covered = {Path(c.image[0]).parent for c in cases if isinstance(c.image, list)}
-            others = [f for f in find_study_folders(path) if f not in covered]
-            studies += _read_studies(others, dicom_keywords)
+            # A BraTS case is named after its folder: a skipped one is not read again in another naming.
+            others = [f for f in find_study_folders(path) if f not in covered and f.name not in (bad or {})]
+            studies += _read_studies(others, dicom_keywords, bad)
     else:
         raise DatasetError(
             [
@@ -440,19 +447,26 @@ def find_studies(
                 "file or a folder of them"
             ]
         )
+    if bad:
+        if not studies:
+            raise DatasetError(list(bad.values()))
+        skipped.update(bad)
     return sorted(studies, key=lambda s: (s["case"], str(s["image"])))
 
 
-def _read_studies(folders: Sequence[Path], dicom_keywords) -> list[dict]:
-    """:func:`read_study` of each folder; every bad study named in one error."""
-    studies, problems = [], []
+def _read_studies(folders: Sequence[Path], dicom_keywords, skipped: dict[str, str] | None = None) -> list[dict]:
+    """:func:`read_study` of each folder; a bad study goes into ``skipped`` by name, or else all in one error."""
+    studies, problems = [], {}
     for folder in folders:
         try:
             studies.append(read_study(folder, dicom_keywords=dicom_keywords))
         except DatasetError as bad:
-            problems.append(str(bad))
-    if problems:
-        raise DatasetError(problems)
+            images = [p for p in folder.iterdir() if p.is_file() and is_image_file(p.name)]
+            problems[study_name(images, folder)] = str(bad)
+    if problems and skipped is None:
+        raise DatasetError(list(problems.values()))
+    if skipped is not None:
+        skipped.update(problems)
     return studies
 
 

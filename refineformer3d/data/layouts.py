@@ -147,18 +147,22 @@ def _msd_cases(folder: Path, names: set[str], need_labels: bool, problems: list[
     return cases
 
 
-def discover(dataset_dir: str | os.PathLike, need_labels: bool = True) -> tuple[Path, str, list[_Case]]:
+def discover(
+    dataset_dir: str | os.PathLike, need_labels: bool = True, skipped: dict[str, str] | None = None
+) -> tuple[Path, str, list[_Case]]:
     """Finds every case below ``dataset_dir``.
 
     Args:
         dataset_dir: any folder above the case folders.
         need_labels: report a missing label file for cases in training (or grade) folders and MSD ``imagesTr``.
+        skipped: for a batch (inference): a case with missing files is left out and its one-line problem recorded
+            here under its name, instead of refusing the dataset; the dataset is still refused when no case is left.
 
     Returns:
         The absolute dataset root, the layout, and the cases sorted by name.
 
     Raises:
-        DatasetError: no folder, no cases, mixed layouts, or cases with missing files.
+        DatasetError: no folder, no cases, mixed layouts, or cases with missing files (without ``skipped``).
     """
     root = Path(dataset_dir).expanduser().absolute()
     if not root.is_dir():
@@ -179,9 +183,15 @@ def discover(dataset_dir: str | os.PathLike, need_labels: bool = True) -> tuple[
         else:
             if folder.parent not in grade_tables:
                 grade_tables[folder.parent] = _name_mapping_grades(folder.parent)
+            found = len(problems)
             case = _brats_case(folder, names, root, grade_tables[folder.parent], need_labels, problems)
-            if case is not None:
+            if case is not None and skipped is not None and len(problems) > found:
+                skipped[case.name] = "; ".join(problems[found:])
+                del problems[found:]
+            elif case is not None:
                 cases.append(case)
+    if not cases and skipped:
+        raise DatasetError(list(skipped.values()), where=str(root))
     if not cases:
         expected = (
             "BraTS case folders <case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz (2017-2021) or "
