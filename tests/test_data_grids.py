@@ -19,8 +19,9 @@ from _studies import (
 )
 from scipy.ndimage import uniform_filter1d
 
-from refineformer3d.data import InputError, LoadStudyd, check_grids, find_studies, inference_studies, make_case
+from refineformer3d.data import InputError, LoadStudyd, check_grids, find_studies, make_case
 from refineformer3d.data.grids import overlap_fraction, read_geometry, skull_strip_warning
+from refineformer3d.handlers import StudyBatch
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +98,12 @@ def test_modalities_that_do_not_overlap_are_named_before_anything_is_read(case, 
     message = str(caught.value)
     assert message.startswith("study mystudy: T2 t2.nii.gz covers 0% of the T1ce field of view (t1ce.nii.gz)")
     assert "\n" not in message
-    # As the bundle's datalist: one line on stderr and exit status 2, so `monai.bundle run` ends on it.
+    # As inference.json's study batch: the study is named on stderr and the run ends with exit status 2.
     with pytest.raises(InputError) as exited:
-        inference_studies(folder)
+        StudyBatch(folder, tmp_path / "out")
     assert exited.value.code == 2
-    assert capsys.readouterr().err == f"error: {message}\n"
+    assert capsys.readouterr().err.splitlines()[-1].endswith(message)
+    assert not (tmp_path / "out").exists()
     # Opting in to co-registration lets it through to registration.
     assert check_grids(find_studies(folder), coregister=True)
 

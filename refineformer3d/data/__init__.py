@@ -27,7 +27,6 @@ _EXPORTS = {
     "read_study": "layouts",
     "LoadStudyd": "grids",
     "check_grids": "grids",
-    "inference_studies": "grids",
     "InputError": "errors",
     "write_studies": "studies",
     "check_study": "validation",
@@ -57,7 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         write_datalist,
     )
     from .errors import InputError  # noqa: F401
-    from .grids import LoadStudyd, check_grids, inference_studies  # noqa: F401
+    from .grids import LoadStudyd, check_grids  # noqa: F401
     from .layouts import find_study_folders, read_study  # noqa: F401
     from .modalities import DICOM_KEYWORDS, dicom_modality, modality_of_name  # noqa: F401
     from .studies import write_studies  # noqa: F401

@@ -42,7 +42,6 @@ __all__ = [
     "LoadStudyd",
     "check_grids",
     "check_output_format",
-    "inference_studies",
     "overlap_fraction",
     "read_geometry",
     "register_rigid",
@@ -208,31 +207,6 @@ def check_output_format(
     if problems:
         raise DatasetError(problems)
     return studies
-
-
-def inference_studies(
-    source: str | os.PathLike,
-    modality_files: Mapping[str, str] | None = None,
-    dicom_keywords: Mapping[str, Sequence[str]] | None = None,
-    reference_modality: str = "t1ce",
-    coregister: bool = False,
-    output_format: str = "nifti",
-) -> list[dict]:
-    """The studies ``inference.json`` segments: :func:`~refineformer3d.data.find_studies`, then :func:`check_grids`.
-
-    ``output_format="dicom-seg"`` also needs each study's reference modality as a DICOM series (the SEG references it).
-
-    Raises:
-        InputError: (a ``SystemExit`` with status 2) after printing ``error: <one line naming the study and file>`` to
-            stderr, for any input problem either finds.
-    """
-    from refineformer3d.data.datalist import find_studies
-
-    try:
-        studies = check_grids(find_studies(source, modality_files, dicom_keywords), reference_modality, coregister)
-        return check_output_format(studies, reference_modality, output_format)
-    except DatasetError as error:
-        raise InputError.printed(str(error)) from None
 
 
 def skull_strip_warning(image: torch.Tensor | np.ndarray, affine: np.ndarray) -> str:
