@@ -12,6 +12,7 @@ import numpy as np
 from monai.data import ImageWriter, ITKWriter, NibabelWriter
 from monai.utils import ImageMetaKey
 
+from refineformer3d.data.modalities import is_dicom_series, series_files
 from refineformer3d.io import write_atomically
 from refineformer3d.labels import label_colours, label_names
 
@@ -168,9 +169,10 @@ class _DicomSegFile(ImageWriter):
     """Writes a label map as a DICOM Segmentation (highdicom) that references the study's source DICOM series.
 
     The label map must lie on the grid of the reference modality, which must have been read from a DICOM series
-    folder (``modality_files`` and ``reference_modality`` in the metadata, as :class:`~refineformer3d.data.LoadStudyd`
-    records them); each of its slices becomes the frame of the source image at that position. Segments are the label
-    values with names from :mod:`refineformer3d.labels` (:attr:`scheme`), numbered from 1 in value order.
+    (a folder, or one of its files; ``modality_files`` and ``reference_modality`` in the metadata, as
+    :class:`~refineformer3d.data.LoadStudyd` records them); each of its slices becomes the frame of the source image
+    at that position. Segments are the label values with names from :mod:`refineformer3d.labels` (:attr:`scheme`),
+    numbered from 1 in value order.
     """
 
     scheme = "classes"
@@ -189,13 +191,13 @@ class _DicomSegFile(ImageWriter):
         self._meta = dict(meta_dict or {})  # never resampled: the label map must be on the source series' grid
 
     def source_series(self) -> Path:
-        """The DICOM series folder of the reference modality; ``ValueError`` naming the study when there is none."""
+        """The reference modality's DICOM series (folder or file); ``ValueError`` naming the study if there is none."""
         files = _first(self._meta.get("modality_files")) or {}
         reference = _first(self._meta.get("reference_modality"))
         study = _first(self._meta.get("study"))
         source = files.get(reference) if isinstance(files, Mapping) else None
         source = _first(source)
-        if not source or not Path(source).is_dir():
+        if not source or not is_dicom_series(source):
             raise ValueError(
                 f"study {study}: DICOM SEG output needs the reference modality ({reference}) as a DICOM series, got "
                 f"{source}; choose output_format nifti or nrrd"
@@ -209,11 +211,8 @@ class _DicomSegFile(ImageWriter):
 
         series = self.source_series()
         sources = []
-        for path in sorted(p for p in series.iterdir() if p.is_file()):
-            try:
-                sources.append(pydicom.dcmread(path))
-            except pydicom.errors.InvalidDicomError:
-                continue
+        for path in series_files(series):
+            sources.append(pydicom.dcmread(path))
         first = sources[0]
         normal = np.cross(
             np.asarray(first.ImageOrientationPatient[:3], float), np.asarray(first.ImageOrientationPatient[3:], float)

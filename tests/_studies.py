@@ -111,8 +111,14 @@ def rigidly_moved(image: np.ndarray, affine: np.ndarray, degrees: float, shift_m
     return shift @ back @ rotation @ to_centre @ affine
 
 
-def dicom(folder: Path, images: np.ndarray, affine: np.ndarray, descriptions: dict, agent: str = "") -> Path:
-    """One sub-folder of single-frame MR slices per modality, plus a localiser series that must be ignored."""
+def dicom(
+    folder: Path, images: np.ndarray, affine: np.ndarray, descriptions: dict, agent: str = "", flat: bool = False
+) -> Path:
+    """One sub-folder of single-frame MR slices per modality, plus a localiser series that must be ignored.
+
+    ``flat``: every series' files in ``folder`` itself (a file set, as PACS exports are), named by slice then series
+    (``IM<slice><series>``), so the series interleave.
+    """
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -126,7 +132,7 @@ def dicom(folder: Path, images: np.ndarray, affine: np.ndarray, descriptions: di
     for number, (modality, image) in enumerate(series, start=1):
         series_uid = generate_uid()
         description = descriptions.get(modality, "3-plane localizer")
-        out = folder / f"series{number:02d}"
+        out = folder if flat else folder / f"series{number:02d}"
         out.mkdir(parents=True, exist_ok=True)
         volume = np.asarray(image, dtype=np.int16)
         for k in range(volume.shape[2]):
@@ -134,7 +140,8 @@ def dicom(folder: Path, images: np.ndarray, affine: np.ndarray, descriptions: di
             meta.MediaStorageSOPClassUID = MRImageStorage
             meta.MediaStorageSOPInstanceUID = generate_uid()
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = FileDataset(str(out / f"{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+            name = f"IM{k:04d}{number:02d}" if flat else f"{k:04d}.dcm"
+            ds = FileDataset(str(out / name), {}, file_meta=meta, preamble=b"\0" * 128)
             ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
             ds.Modality, ds.PatientName, ds.PatientID = "MR", "Synthetic^Study", "SYN0001"
             ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber = "19700101", "O", "A0001"
@@ -155,7 +162,7 @@ def dicom(folder: Path, images: np.ndarray, affine: np.ndarray, descriptions: di
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
             ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).tobytes()
-            ds.save_as(out / f"{k:04d}.dcm", enforce_file_format=True)
+            ds.save_as(out / name, enforce_file_format=True)
     del pydicom
     return folder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,38 @@ def test_dicom_study_one_series_per_folder(tmp_path):
     # T1 and T1ce share a description; the contrast agent tag tells them apart; the localiser is left out.
     assert names_of(found) == ["series01", "series02", "series03", "series04"]
     assert find_study_folders(tmp_path) == [study]
-    with pytest.raises(DatasetError, match=r"study NoTag: 2 problems: 2 candidates for T1: series02, series03"):
+    with pytest.raises(
+        DatasetError,
+        match=r"study NoTag: 2 problems: 2 candidates for T1: series02 \('T1 MPRAGE', series [\d.]+\), series03",
+    ):
         find_studies(dicom(tmp_path / "NoTag", LEVELS, AFFINE, DICOM_DESCRIPTIONS))
     # The keyword table is the user's to replace.
     renamed = dicom(tmp_path / "Local", LEVELS, AFFINE, {**DICOM_DESCRIPTIONS, "t1ce": "KM T1"})
     keywords = {"flair": ("flair",), "t1ce": ("km",), "t2": ("t2",), "t1": ("t1",)}
     assert names_of(find_studies(renamed, dicom_keywords=keywords)[0])[2] == "series03"
+
+
+def test_dicom_study_as_one_file_set(tmp_path):
+    """Every series' files in one folder, interleaved: split by SeriesInstanceUID, each named by its first file."""
+    study = dicom(tmp_path / "Study1", LEVELS, AFFINE, DICOM_DESCRIPTIONS, agent="Gadobutrol", flat=True)
+    assert not any(p.is_dir() for p in study.iterdir())
+    (found,) = find_studies(tmp_path)
+    assert found["case"] == "Study1"
+    assert names_of(found) == ["IM000001", "IM000002", "IM000003", "IM000004"]
+    assert find_study_folders(tmp_path) == [study]
+    # Two series of one modality in one file set: one line naming the study, the modality and both series.
+    same = dicom(tmp_path / "NoTag", LEVELS, AFFINE, DICOM_DESCRIPTIONS, flat=True)
+    with pytest.raises(DatasetError) as caught:
+        find_studies(same)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.search(
+        r"^study NoTag: .*2 candidates for T1: IM000002 \('T1 MPRAGE', series [\d.]+\), "
+        r"IM000003 \('T1 MPRAGE', series [\d.]+\)",
+        message,
+    ), message
+    # A folder of file-set studies is a batch, not one study of series folders.
+    assert find_study_folders(tmp_path) == [same, study]
 
 
 def test_ambiguous_and_missing_modalities_are_one_line_naming_study_modality_and_candidates(tmp_path):

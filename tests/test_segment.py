@@ -119,6 +119,72 @@ def test_mixed_grids_segmented_onto_the_t1ce_grid_as_seg_nrrd_with_report(small_
     assert "/." not in logged.replace(str(tmp_path), "")  # no temporary file's name in the log
 
 
+def test_dicom_file_set_segments_as_its_series_folders_and_writes_dicom_seg(small_case, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    images, affine = small_case.images, small_case.affine
+    dicom(tmp_path / "in" / "Folders", images, affine, DICOM_DESCRIPTIONS, agent="Gadobutrol")
+    flat = dicom(tmp_path / "in" / "Flat", images, affine, DICOM_DESCRIPTIONS, agent="Gadobutrol", flat=True)
+    out = tmp_path / "out"
+    assert main(["-i", str(tmp_path / "in"), "-o", str(out), "--device", "cpu"]) == 0
+    folders, files = nib.load(out / "Folders_seg.nii.gz"), nib.load(out / "Flat_seg.nii.gz")
+    assert files.shape == images.shape[1:]
+    np.testing.assert_allclose(files.affine, affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asanyarray(files.dataobj), np.asanyarray(folders.dataobj))
+    # The SEG references the T1ce series of the file set (the series whose first file is IM000003).
+    assert main(["-i", str(flat), "-o", str(tmp_path / "seg"), "--device", "cpu", "--output_format", "dicom-seg"]) == 0
+    seg = pydicom.dcmread(tmp_path / "seg" / "Flat_seg.dcm")
+    t1ce = pydicom.dcmread(flat / "IM000003", stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == t1ce.SeriesInstanceUID
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == images.shape[3]
+
+
+def _reoriented(image: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels stored with the axis order and directions ``codes`` (``"PIR"``: a sagittal acquisition)."""
+    to = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(codes))
+    stored = nib.Nifti1Image(image, affine).as_reoriented(to)
+    return np.asanyarray(stored.dataobj), stored.affine
+
+
+def _segment_with_t1ce_stored(case, tmp_path, t1ce: dict) -> dict[str, float]:
+    """Segments the case in plain names with its T1ce stored as each of ``t1ce`` (name -> (volume, affine, truth on
+    that grid)), and in RAS; checks each segmentation lies on its T1ce's grid; returns whole-tumour Dice against the
+    truth per study."""
+    root = tmp_path / "studies"
+    named(root / "ras", PLAIN, case.images, case.affine)
+    truths = {"ras": case.label > 0}
+    for name, (volume, grid, truth) in t1ce.items():
+        named(root / name, PLAIN, case.images, case.affine)
+        save_nifti(root / name / "t1ce.nii.gz", volume, grid)
+        truths[name] = truth
+    out = tmp_path / "out"
+    assert main(["-i", str(root), "-o", str(out), "--device", "cpu"]) == 0
+    dice = {}
+    for name, truth in truths.items():
+        seg, reference = nib.load(out / f"{name}_seg.nii.gz"), nib.load(root / name / "t1ce.nii.gz")
+        assert seg.shape == reference.shape, name
+        np.testing.assert_allclose(seg.affine, reference.affine, atol=1e-4, err_msg=name)
+        dice[name] = _dice(np.asanyarray(seg.dataobj) > 0, truth)
+    return dice
+
+
+def test_t1ce_stored_with_permuted_axes_is_the_output_grid(small_case, tmp_path):
+    """A sagittal (PIR) or ASL T1ce beside RAS scans: the others are reoriented onto its voxels exactly, so the
+    segmentation is the RAS study's, stored on the T1ce's grid."""
+    images, affine, label = small_case.images, small_case.affine, small_case.label > 0
+    t1ce = {
+        codes.lower(): (
+            *_reoriented(images[2], affine, codes),
+            _reoriented(label.astype(np.uint8), affine, codes)[0] > 0,
+        )
+        for codes in ("PIR", "ASL")
+    }
+    dice = _segment_with_t1ce_stored(small_case, tmp_path, t1ce)
+    assert dice["ras"] > 0.2  # the shipped model on a small study
+    for name in t1ce:
+        assert dice[name] == pytest.approx(dice["ras"], abs=1e-6), (name, dice)
+
+
 # Full size: every layout in one batch, Dice of whole tumour against the truth on the T1ce grid.
 
 

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import ITKReader, MetaTensor, NibabelReader
-from monai.transforms import LoadImage, MapTransform, ResampleToMatch
+from monai.transforms import LoadImage, MapTransform, Orientation, ResampleToMatch
+from monai.utils import ensure_tuple
+from nibabel.orientations import aff2axcodes
 
 from refineformer3d.data.errors import DatasetError, InputError
-from refineformer3d.data.modalities import CHANNELS, DISPLAY, image_stem
+from refineformer3d.data.modalities import CHANNELS, DISPLAY, image_stem, is_dicom_file, is_dicom_series, series_files
 
 __all__ = [
     "MAX_BRAIN_ML",
@@ -65,15 +67,10 @@ def _itk_affine(origin, spacing, direction) -> np.ndarray:
     return _LPS_TO_RAS @ affine
 
 
-def _dicom_geometry(folder: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+def _dicom_geometry(series: Path) -> tuple[np.ndarray, tuple[int, ...]]:
     import pydicom
 
-    headers = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except pydicom.errors.InvalidDicomError:
-            continue
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in series_files(series)]
     first = headers[0]
     rows_dir, cols_dir = (
         np.asarray(first.ImageOrientationPatient[:3], float),
@@ -92,14 +89,14 @@ def _dicom_geometry(folder: Path) -> tuple[np.ndarray, tuple[int, ...]]:
 
 
 def read_geometry(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, ...]]:
-    """A file's (or DICOM series folder's) RAS affine (4, 4) and spatial shape, from its header only.
+    """A file's (or DICOM series') RAS affine (4, 4) and spatial shape, from its header only.
 
     Raises:
         DatasetError: naming the file when its header cannot be read.
     """
     path = Path(path)
     try:
-        if path.is_dir():
+        if is_dicom_series(path):
             return _dicom_geometry(path)
         if path.name.lower().endswith((".nii", ".nii.gz")):
             import nibabel as nib
@@ -123,6 +120,12 @@ def read_geometry(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, ...]]
         raise
     except Exception as error:  # nibabel, ITK and pydicom raise many types for a bad header; all mean the same here
         raise DatasetError([f"cannot read the header of {path} ({type(error).__name__}: {error})"]) from None
+
+
+def _same_grid(image: MetaTensor, reference: MetaTensor) -> bool:
+    return image.shape[1:] == reference.shape[1:] and np.allclose(
+        image.affine.numpy(), reference.affine.numpy(), atol=_SAME_GRID_MM
+    )
 
 
 def _world_box(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -199,10 +202,10 @@ def check_output_format(
     index = _reference_index(reference_modality)
     problems = [
         f"study {s['case']}: DICOM SEG output needs the {DISPLAY[reference_modality]} as a DICOM series "
-        f"folder, got {reference}; choose output_format nifti or nrrd"
+        f"folder or file, got {reference}; choose output_format nifti or nrrd"
         for s in studies
         for reference in [s["image"] if isinstance(s["image"], str) else s["image"][index]]
-        if not Path(reference).is_dir()
+        if not is_dicom_series(reference)
     ]
     if problems:
         raise DatasetError(problems)
@@ -279,6 +282,31 @@ def register_rigid(fixed: MetaTensor, moving: MetaTensor, iterations: int = 200)
     return MetaTensor(out.as_tensor().reshape(fixed.shape), meta=dict(fixed.meta))
 
 
+class DicomFileSeriesReader(ITKReader):
+    """MONAI's ``ITKReader`` that reads a DICOM file as the whole series it belongs to.
+
+    A series in a file set (a flat folder of several series) is named by one of its files; ITK's
+    ``GDCMSeriesFileNames`` splits the folder by SeriesInstanceUID and gives that series' files in slice order.
+    Folders and other files are read as ``ITKReader`` reads them.
+    """
+
+    def read(self, data, **kwargs):
+        names = ensure_tuple(data)  # LoadImage passes a tuple of names
+        if len(names) == 1 and not Path(names[0]).is_dir() and is_dicom_file(names[0]):
+            import itk
+
+            data = names[0]
+
+            names = itk.GDCMSeriesFileNames.New()
+            names.SetUseSeriesDetails(False)  # one series per SeriesInstanceUID, as discovery splits them
+            names.SetDirectory(str(Path(data).parent))
+            for uid in names.GetSeriesUIDs():
+                files = [str(f) for f in names.GetFileNames(uid)]
+                if any(os.path.samefile(f, data) for f in files):
+                    return itk.imread(files if len(files) > 1 else files[0], **{**self.kwargs, **kwargs})
+        return super().read(data, **kwargs)
+
+
 class LoadStudyd(MapTransform):
     """Loads a study of four modality files onto the reference modality's grid, (4, X, Y, Z) float32.
 
@@ -317,15 +345,20 @@ class LoadStudyd(MapTransform):
         self.coregister = bool(coregister)
         self.case_key = case_key
         # Chosen by format among these two (the last that can read a file wins: nibabel for NIfTI, ITK for DICOM
-        # series, NRRD and MetaImage); naming them keeps MONAI from also trying its pydicom readers.
+        # series (a folder or one of its files), NRRD and MetaImage); naming them keeps MONAI from also trying its
+        # pydicom readers.
         with warnings.catch_warnings():
             # LoadImage also builds MONAI's GPU DICOM reader whenever pydicom is installed, which warns on every
             # machine without nvImageCodec; DICOM series are read by ITK here.
             warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
             self.loader = LoadImage(
-                reader=[ITKReader(), NibabelReader()], image_only=True, ensure_channel_first=True, dtype=np.float32
+                reader=[DicomFileSeriesReader(), NibabelReader()],
+                image_only=True,
+                ensure_channel_first=True,
+                dtype=np.float32,
             )
         self.resample = ResampleToMatch(mode=mode, padding_mode="zeros")
+        self.orient = Orientation(axcodes="RAS")  # set to the reference's axis codes per study
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -342,12 +375,16 @@ class LoadStudyd(MapTransform):
             raise ValueError(f"study {study}: expected {len(CHANNELS)} files (FLAIR, T1, T1ce, T2), got {len(files)}")
         images = [self.loader(f) for f in files]
         reference = images[self.reference]
+        self.orient.axcodes = "".join(aff2axcodes(reference.affine.numpy()))
         channels = []
         for modality, image in zip(CHANNELS, images):
-            same = image.shape[1:] == reference.shape[1:] and np.allclose(
-                image.affine.numpy(), reference.affine.numpy(), atol=_SAME_GRID_MM
-            )
-            if not same or (self.coregister and image is not reference):
+            if not _same_grid(image, reference):
+                # Stored with other axis order or directions (a sagittal T1ce beside axial scans, an LPS FLAIR)
+                # but on the same voxels: reoriented exactly. Interpolating would leave 1e-12 residues in the zero
+                # background, which the crop and the non-zero normalisation take for brain.
+                oriented = self.orient(image)
+                image = oriented if _same_grid(oriented, reference) else image
+            if not _same_grid(image, reference) or (self.coregister and image is not reference):
                 if self.coregister and image is not reference:
                     logger.info(
                         "study %s: registering %s onto %s", study, DISPLAY[modality], DISPLAY[self.reference_modality]

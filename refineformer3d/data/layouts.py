@@ -31,6 +31,7 @@ from refineformer3d.data.modalities import (
     assign_modalities,
     dicom_modality,
     dicom_series,
+    is_dicom_file,
     is_image_file,
     modality_of_name,
     study_name,
@@ -224,16 +225,20 @@ def detect_layout(dataset_dir: str | os.PathLike) -> str:
     return discover(dataset_dir, need_labels=False)[1]
 
 
-def _dicom_candidates(subfolders: Sequence[Path], keywords: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+def _dicom_candidates(
+    folder: Path, keywords: Mapping[str, Sequence[str]] | None
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Modality -> DICOM series paths, from the file set in ``folder`` and one series folder per sub-folder; and each
+    path's label for errors."""
     candidates: dict[str, list[str]] = {}
-    for sub in subfolders:
-        series = dicom_series(sub)
-        if series is None:
-            continue
-        modality = dicom_modality(series.description, series.contrast_agent, keywords)
-        if modality is not None:
-            candidates.setdefault(modality, []).append(str(sub))
-    return candidates
+    labels: dict[str, str] = {}
+    for where in (folder, *_subfolders(folder)):
+        for series in dicom_series(where):
+            modality = dicom_modality(series.description, series.contrast_agent, keywords)
+            if modality is not None:
+                candidates.setdefault(modality, []).append(str(series.path))
+                labels[str(series.path)] = series.label
+    return candidates, labels
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -248,8 +253,9 @@ def read_study(
     """The four modality files of the study in ``folder``, by their names or DICOM series descriptions.
 
     Args:
-        folder: one study: image files named as :mod:`~refineformer3d.data.modalities` describes, or one sub-folder
-            per DICOM series.
+        folder: one study: image files named as :mod:`~refineformer3d.data.modalities` describes, one sub-folder
+            per DICOM series, or the DICOM files of several series together (a file set, split by
+            SeriesInstanceUID; each series is then named by its first file).
         given: modality -> file (or DICOM folder) chosen by the user, relative to ``folder`` or absolute; it wins
             over what the names say, and the rest are still found by name.
         dicom_keywords: SeriesDescription phrases per modality (default
@@ -269,10 +275,10 @@ def read_study(
         modality = modality_of_name(path.name)
         if modality is not None:
             candidates.setdefault(modality, []).append(str(path))
-    dicom = _dicom_candidates(_subfolders(folder), dicom_keywords)
+    dicom, labels = _dicom_candidates(folder, dicom_keywords)
+    named = [f for found in candidates.values() for f in found]
     for modality, found in dicom.items():
         candidates.setdefault(modality, []).extend(found)
-    named = [f for found in candidates.values() for f in found if not Path(f).is_dir()]
     name = study_name(named, folder) if named else folder.name
     chosen = {}
     for modality, path in (given or {}).items():
@@ -286,20 +292,21 @@ def read_study(
         if not path.exists():
             raise DatasetError([f"{modality} file {path} does not exist"], where=f"study {name}")
         chosen[modality] = str(path.absolute())
-    return {"image": assign_modalities(candidates, name, chosen), "case": name}
+    return {"image": assign_modalities(candidates, name, chosen, labels), "case": name}
 
 
 def _is_study(folder: Path, files: Sequence[str], subfolders: Sequence[str]) -> bool:
-    if any(modality_of_name(f) for f in files):
+    if any(modality_of_name(f) or is_dicom_file(folder / f) for f in files):
         return True
-    return any(dicom_series(folder / s) is not None for s in subfolders)
+    # Sub-folders of one series each; a sub-folder holding several series is a study (file set) of its own.
+    return any(len(dicom_series(folder / s)) == 1 for s in subfolders)
 
 
 def find_study_folders(source: str | os.PathLike) -> list[Path]:
     """Folders below ``source`` (itself included) that hold one study each, in any naming or as DICOM series.
 
-    A folder is a study when it holds an image file named after a modality, or sub-folders of DICOM series; the
-    search does not go below a study. BIDS subjects are found in their ``anat`` folders.
+    A folder is a study when it holds an image file named after a modality, DICOM files (a file set), or sub-folders
+    of one DICOM series each; the search does not go below a study. BIDS subjects are found in their ``anat`` folders.
 
     Returns:
         The study folders, sorted; empty when there are none.

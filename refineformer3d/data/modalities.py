@@ -43,6 +43,9 @@ __all__ = [
     "assign_modalities",
     "dicom_modality",
     "dicom_series",
+    "is_dicom_file",
+    "is_dicom_series",
+    "series_files",
     "image_stem",
     "is_image_file",
     "modality_of_name",
@@ -141,16 +144,27 @@ def study_name(files: Iterable[str | os.PathLike], folder: str | os.PathLike) ->
 
 @dataclass(frozen=True)
 class DicomSeries:
-    """One DICOM series of a study: its folder, the header fields that name its modality, and its file count."""
+    """One DICOM series of a study: where it lies, the header fields that name its modality, and its files.
 
-    folder: Path
+    ``path`` is the series' folder when the series fills it, else its first file: a series in a file set (a flat
+    folder of several series, as PACS exports often are) is named by any one of its files, and
+    :func:`series_files` finds the rest.
+    """
+
+    path: Path
     uid: str
     description: str
     contrast_agent: str
-    files: int
+    files: tuple[Path, ...]
+
+    @property
+    def label(self) -> str:
+        """How errors name the series: its folder or first file, description and SeriesInstanceUID."""
+        return f"{self.path.name} ('{self.description}', series {self.uid})"
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """``True`` for a DICOM Part 10 file (``DICM`` after the 128-byte preamble), whatever its name."""
     try:
         with open(path, "rb") as handle:
             handle.seek(128)
@@ -159,48 +173,67 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def dicom_series(folder: str | os.PathLike) -> DicomSeries | None:
-    """The DICOM series held by ``folder`` (one series per folder), or ``None`` when it holds no DICOM file.
+def is_dicom_series(path: str | os.PathLike) -> bool:
+    """``True`` for a path that names a DICOM series: a folder holding DICOM files, or one of its files."""
+    path = Path(path)
+    return bool(_dicom_files(path)) if path.is_dir() else is_dicom_file(path)
 
-    Reads the headers of its first and last file (pixel data skipped). Needs pydicom. A flat folder of several
-    series is not split: it is reported, so each series can be given a folder of its own.
 
-    Raises:
-        DatasetError: when the folder's DICOM files belong to more than one series.
-    """
-    folder = Path(folder)
+def _dicom_files(folder: Path) -> list[Path]:
     try:
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     except OSError:
-        return None
-    dicoms = [p for p in files if _is_dicom(p)]
-    if not dicoms:
-        return None
+        return []
+    return [p for p in files if is_dicom_file(p)]
+
+
+def _header(path: Path):
     import pydicom  # only for DICOM studies
 
-    def header(path: Path):
-        return pydicom.dcmread(
-            path,
-            stop_before_pixels=True,
-            specific_tags=["SeriesInstanceUID", "SeriesDescription", "ContrastBolusAgent"],
-        )
-
-    first, last = header(dicoms[0]), header(dicoms[-1])
-    uid = str(first.get("SeriesInstanceUID", ""))
-    if uid != str(last.get("SeriesInstanceUID", "")):
-        raise DatasetError(
-            [
-                f"DICOM folder {folder}: {dicoms[0].name} and {dicoms[-1].name} belong to different series; "
-                "put each series in a folder of its own"
-            ]
-        )
-    return DicomSeries(
-        folder=folder,
-        uid=uid,
-        description=str(first.get("SeriesDescription", "")),
-        contrast_agent=str(first.get("ContrastBolusAgent", "")).strip(),
-        files=len(dicoms),
+    return pydicom.dcmread(
+        path,
+        stop_before_pixels=True,
+        specific_tags=["SeriesInstanceUID", "SeriesDescription", "ContrastBolusAgent"],
     )
+
+
+def dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series whose files lie in ``folder`` (not below it), split by SeriesInstanceUID.
+
+    Reads every file's header (pixel data skipped); needs pydicom. A folder of one series gives that series named
+    by the folder; a file set gives each series named by its first file.
+
+    Returns:
+        The series in the order of their first files; empty when the folder holds no DICOM file.
+    """
+    folder = Path(folder)
+    groups: dict[str, list[tuple[Path, object]]] = {}
+    for path in _dicom_files(folder):
+        header = _header(path)
+        groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
+    series = []
+    for uid, members in groups.items():
+        first = members[0][1]
+        series.append(
+            DicomSeries(
+                path=folder if len(groups) == 1 else members[0][0],
+                uid=uid,
+                description=str(first.get("SeriesDescription", "")),
+                contrast_agent=str(first.get("ContrastBolusAgent", "")).strip(),
+                files=tuple(path for path, _ in members),
+            )
+        )
+    return series
+
+
+def series_files(path: str | os.PathLike) -> list[Path]:
+    """The files of the DICOM series at ``path``: a folder's DICOM files, or the files beside a DICOM file that share
+    its SeriesInstanceUID, sorted by name."""
+    path = Path(path)
+    if path.is_dir():
+        return _dicom_files(path)
+    uid = str(_header(path).get("SeriesInstanceUID", ""))
+    return [p for p in _dicom_files(path.parent) if str(_header(p).get("SeriesInstanceUID", "")) == uid]
 
 
 def dicom_modality(
@@ -232,7 +265,10 @@ def dicom_modality(
 
 
 def assign_modalities(
-    candidates: Mapping[str, Sequence[str | os.PathLike]], study: str, given: Mapping[str, str] | None = None
+    candidates: Mapping[str, Sequence[str | os.PathLike]],
+    study: str,
+    given: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The four files of a study in :data:`CHANNELS` order, or one error naming every gap.
 
@@ -240,6 +276,7 @@ def assign_modalities(
         candidates: modality -> the files (or DICOM series folders) that look like it.
         study: the study's name, for the error.
         given: modality -> file chosen by the user; it wins over the candidates.
+        labels: file -> how the error names it (DICOM series by description and UID); default its name.
 
     Returns:
         ``[flair, t1, t1ce, t2]`` as strings.
@@ -261,7 +298,7 @@ def assign_modalities(
         if not found:
             problems.append(f"no {DISPLAY[modality]} file ({hint})")
         else:
-            names = ", ".join(Path(f).name for f in found)
+            names = ", ".join((labels or {}).get(f) or Path(f).name for f in found)
             problems.append(f"{len(found)} candidates for {DISPLAY[modality]}: {names} ({hint})")
     if problems:
         raise DatasetError(problems, where=f"study {study}")
