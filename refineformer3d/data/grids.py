@@ -290,19 +290,29 @@ class DicomFileSeriesReader(ITKReader):
     Folders and other files are read as ``ITKReader`` reads them.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._file_sets: dict[tuple[str, int], list[list[str]]] = {}
+
+    def _series_of_folder(self, folder: Path) -> list[list[str]]:
+        """Each series' files in ``folder``, in slice order; ITK parses every header, so once per folder state."""
+        import itk
+
+        key = (str(folder), folder.stat().st_mtime_ns)
+        if key not in self._file_sets:
+            names = itk.GDCMSeriesFileNames.New()
+            names.SetUseSeriesDetails(False)  # one series per SeriesInstanceUID, as discovery splits them
+            names.SetDirectory(str(folder))
+            self._file_sets = {key: [[str(f) for f in names.GetFileNames(uid)] for uid in names.GetSeriesUIDs()]}
+        return self._file_sets[key]
+
     def read(self, data, **kwargs):
         names = ensure_tuple(data)  # LoadImage passes a tuple of names
         if len(names) == 1 and not Path(names[0]).is_dir() and is_dicom_file(names[0]):
             import itk
 
-            data = names[0]
-
-            names = itk.GDCMSeriesFileNames.New()
-            names.SetUseSeriesDetails(False)  # one series per SeriesInstanceUID, as discovery splits them
-            names.SetDirectory(str(Path(data).parent))
-            for uid in names.GetSeriesUIDs():
-                files = [str(f) for f in names.GetFileNames(uid)]
-                if any(os.path.samefile(f, data) for f in files):
+            for files in self._series_of_folder(Path(names[0]).parent):
+                if any(os.path.samefile(f, names[0]) for f in files):
                     return itk.imread(files if len(files) > 1 else files[0], **{**self.kwargs, **kwargs})
         return super().read(data, **kwargs)
 
@@ -358,7 +368,8 @@ class LoadStudyd(MapTransform):
                 dtype=np.float32,
             )
         self.resample = ResampleToMatch(mode=mode, padding_mode="zeros")
-        self.orient = Orientation(axcodes="RAS")  # set to the reference's axis codes per study
+        # Its axis codes are set to the reference's per study; labels as nibabel's aff2axcodes names them.
+        self.orient = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
