@@ -93,7 +93,7 @@ def test_dicom_study_one_series_per_folder(tmp_path):
     assert find_study_folders(tmp_path) == [study]
     with pytest.raises(
         DatasetError,
-        match=r"study NoTag: 2 problems: 2 candidates for T1: series02 \('T1 MPRAGE', series [\d.]+\), series03",
+        match=r"study NoTag: 3 problems: 2 candidates for T1: series02 \('T1 MPRAGE', series [\d.]+\), series03",
     ):
         find_studies(dicom(tmp_path / "NoTag", LEVELS, AFFINE, DICOM_DESCRIPTIONS))
     # The keyword table is the user's to replace.

@@ -121,14 +121,19 @@ def test_four_d_studies_with_the_wrong_number_of_modalities(good_case, tmp_path)
 
 
 def test_a_dicom_folder_with_two_interleaved_series_is_refused(tmp_path):
-    """A study's series folder whose files alternate between two series is named, with the two files that differ."""
+    """A folder whose files alternate between two series is a file set: split by SeriesInstanceUID, and when no
+    keyword names them, the error names the study and both series."""
     pytest.importorskip("SimpleITK")
     pytest.importorskip("pydicom")
     from refineformer3d.handlers import StudyBatch
 
     folder = dicom_two_series(tmp_path / "study" / "mixed")
     assert len(list(folder.glob("*.dcm"))) == 12
-    expected = "DICOM folder .*mixed: IM0000.dcm and IM0011.dcm belong to different series"
+    expected = (
+        r"study mixed: .*no FLAIR file.*DICOM series taken for no modality: "
+        r"IM0000.dcm \('', series 1.2.826.0.1.3680043.2.1125.1\), "
+        r"IM0001.dcm \('', series 1.2.826.0.1.3680043.2.1125.2\)"
+    )
     with pytest.raises(DatasetError, match=expected):
         find_studies(tmp_path / "study")
     with pytest.raises(InputError, match=expected):

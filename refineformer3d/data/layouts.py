@@ -228,16 +228,15 @@ def detect_layout(dataset_dir: str | os.PathLike) -> str:
 def _dicom_candidates(
     folder: Path, keywords: Mapping[str, Sequence[str]] | None
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Modality -> DICOM series paths, from the file set in ``folder`` and one series folder per sub-folder; and each
-    path's label for errors."""
+    """Modality (``None`` for series no keyword names) -> DICOM series paths, from the file set in ``folder`` and one
+    series folder per sub-folder; and each path's label for errors."""
     candidates: dict[str, list[str]] = {}
     labels: dict[str, str] = {}
     for where in (folder, *_subfolders(folder)):
         for series in dicom_series(where):
             modality = dicom_modality(series.description, series.contrast_agent, keywords)
-            if modality is not None:
-                candidates.setdefault(modality, []).append(str(series.path))
-                labels[str(series.path)] = series.label
+            candidates.setdefault(modality, []).append(str(series.path))
+            labels[str(series.path)] = series.label
     return candidates, labels
 
 
@@ -276,6 +275,7 @@ def read_study(
         if modality is not None:
             candidates.setdefault(modality, []).append(str(path))
     dicom, labels = _dicom_candidates(folder, dicom_keywords)
+    unnamed = dicom.pop(None, [])
     named = [f for found in candidates.values() for f in found]
     for modality, found in dicom.items():
         candidates.setdefault(modality, []).extend(found)
@@ -292,7 +292,16 @@ def read_study(
         if not path.exists():
             raise DatasetError([f"{modality} file {path} does not exist"], where=f"study {name}")
         chosen[modality] = str(path.absolute())
-    return {"image": assign_modalities(candidates, name, chosen, labels), "case": name}
+    try:
+        image = assign_modalities(candidates, name, chosen, labels)
+    except DatasetError as error:
+        if not unnamed:
+            raise
+        # The series no keyword names (localisers, or a scanner's own names) tell the user what to map.
+        seen = ", ".join(labels[s] for s in unnamed)
+        problems = [*error.problems, f"DICOM series taken for no modality: {seen}"]
+        raise DatasetError(problems, where=f"study {name}") from None
+    return {"image": image, "case": name}
 
 
 def _is_study(folder: Path, files: Sequence[str], subfolders: Sequence[str]) -> bool:
