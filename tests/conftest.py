@@ -15,6 +15,20 @@ SHIPPED_WEIGHTS = REPO / "bundle" / "models" / "model.pt"
 # sha256 of the shipped weights (RefineFormer3D small, synthetic studies, bundle docs). Training without --ckpt_dir
 # overwrites the file; the tests whose thresholds were measured on these weights then skip instead of failing.
 SHIPPED_SHA256 = "116c2f22104cdda7d4dad5c97fcbb592b9fd45f9134f190a90eef2896abc20ca"
+# The keys the zoo's metadata schema (meta_schema_20240725.json, downloaded by ci/verify_bundle.py) requires.
+REQUIRED_METADATA = (
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+)
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +66,20 @@ def run_checked(command: list[str], **kwargs) -> subprocess.CompletedProcess:
         first = next((line for line in output.splitlines() if "Error" in line or "Exception" in line), "")
         pytest.fail(f"exit {proc.returncode}: {' '.join(command[:6])} ...\nfirst error: {first}\n...\n{output[-3000:]}")
     return proc
+
+
+def bundle_workflow(config_file, bundle_root, dataset_dir, workflow_type="train", **override):
+    """An initialised ``ConfigWorkflow`` of the bundle's configs, with the bundle's metadata and logging."""
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        **override,
+    )
+    wf.initialize()
+    return wf

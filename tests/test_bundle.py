@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, run_checked
+from conftest import CONFIGS, REPO, REQUIRED_METADATA, bundle_workflow, run_checked
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
@@ -40,17 +40,7 @@ FAST = {
 
 
 def _workflow(config_file, bundle_root, dataset_dir, workflow_type="train", **override):
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        meta_file=META,
-        logging_file=LOGGING,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-        **{**FAST, **override},
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(config_file, bundle_root, dataset_dir, workflow_type, **{**FAST, **override})
 
 
 def _train(bundle_root, dataset_dir, epochs=1, config_file=TRAIN, **override):
@@ -72,22 +62,8 @@ def trained(tmp_path_factory, tiny_brats):
 
 def test_metadata_has_required_keys_and_installed_versions():
     meta = json.loads(Path(META).read_text())
-    for key in (
-        "version",
-        "changelog",
-        "monai_version",
-        "pytorch_version",
-        "numpy_version",
-        "required_packages_version",
-        "task",
-        "description",
-        "authors",
-        "copyright",
-        "intended_use",
-        "data_source",
-        "references",
-        "network_data_format",
-    ):
+    # beyond the zoo schema's required keys, the ones its bundles all carry
+    for key in (*REQUIRED_METADATA, "intended_use", "data_source", "references"):
         assert key in meta, key
     import monai
 

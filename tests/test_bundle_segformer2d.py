@@ -9,8 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS
-from monai.bundle import ConfigWorkflow
+from conftest import CONFIGS, bundle_workflow
 
 transformers = pytest.importorskip("transformers")
 
@@ -18,25 +17,13 @@ TRAIN = str(CONFIGS / "train.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
 INFERENCE = str(CONFIGS / "inference.json")
 SEGFORMER2D = str(CONFIGS / "segformer2d.json")
-META = str(CONFIGS / "metadata.json")
-LOGGING = str(CONFIGS / "logging.conf")
 
 # a CPU-sized run: B0 on crops of 8 slices of 64 x 64, the whole in-plane extent of the tiny studies
 FAST = {"roi_size": [64, 64, 8], "num_samples": 1, "num_workers": 0, "warmup_epochs": 1, "device": "cpu"}
 
 
 def _workflow(config_file, bundle_root, dataset_dir, workflow_type="train", **override):
-    wf = ConfigWorkflow(
-        config_file=config_file,
-        meta_file=META,
-        logging_file=LOGGING,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-        **{**FAST, **override},
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(config_file, bundle_root, dataset_dir, workflow_type, **{**FAST, **override})
 
 
 def test_overlay_only_changes_network_and_window():

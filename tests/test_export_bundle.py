@@ -15,24 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, run_checked
+from conftest import CONFIGS, REPO, REQUIRED_METADATA, run_checked
 
 from refineformer3d.export_bundle import BUNDLE_NAME, main
 
-# The keys the zoo's metadata schema (meta_schema_20240725.json, downloaded by ci/verify_bundle.py) requires.
-REQUIRED_METADATA = (
-    "version",
-    "changelog",
-    "monai_version",
-    "pytorch_version",
-    "numpy_version",
-    "required_packages_version",
-    "task",
-    "description",
-    "authors",
-    "copyright",
-    "network_data_format",
-)
 # Import names whose PyPI distribution is named differently.
 DISTRIBUTIONS = {"ignite": "pytorch-ignite", "torch": "torch", "brats_evaluation": "brats-evaluation"}
 
