@@ -121,7 +121,14 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torc
         fused.append(True)
         return 0
 
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: fused_cpu_attention}
+    def inplace_addmm(self_shape, mat1_shape, mat2_shape, *args, **kwargs) -> int:
+        # FlopCounterMode counts addmm but not its in-place form, which the refine head accumulates with
+        return 2 * mat1_shape[0] * mat1_shape[1] * mat2_shape[1]
+
+    mapping = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: fused_cpu_attention,
+        torch.ops.aten.addmm_: inplace_addmm,
+    }
     with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(x)
     return float(counter.get_total_flops()), bool(fused)

@@ -20,7 +20,7 @@ from refineformer3d.networks import (
     register_model,
 )
 from refineformer3d.networks.blocks import GhostConv3d, LowRankLinear
-from refineformer3d.networks.heads import space_to_depth
+from refineformer3d.networks.heads import PatchExpandConvTranspose3d, space_to_depth
 
 # narrow encoders so that forward/backward on 32^3-64^3 inputs take milliseconds
 TINY_ENCODER = dict(embed_dims=(8, 16, 24, 32), num_heads=(1, 2, 2, 4))
@@ -348,6 +348,42 @@ def test_space_to_depth_is_lossless():
     assert y.shape == (2, 24, 2, 3, 4)
     assert torch.equal(y.flatten().sort().values, x.flatten().sort().values)
     assert torch.equal(y[0, :8, 0, 0, 0], x[0, 0, :2, :2, :2].flatten())
+
+
+@pytest.mark.parametrize("kernel_size", [2, (2, 4, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_patch_expand_is_the_transposed_convolution(kernel_size, channels_last):
+    expand = PatchExpandConvTranspose3d(6, 5, kernel_size)
+    reference = torch.nn.ConvTranspose3d(6, 5, kernel_size, stride=kernel_size)
+    reference.load_state_dict(expand.state_dict())  # same parameters, same keys
+    x = torch.randn(2, 6, 3, 4, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    y = expand(x)
+    torch.testing.assert_close(y, reference(x))
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    with pytest.raises(TypeError):
+        PatchExpandConvTranspose3d(6, 5, 2, stride=1)  # the stride is the kernel, not a choice
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_refine_head_full_resolution_equals_its_modules(grad):
+    # the head computes upsample + classifier on the stem grid; the modules themselves define what it must equal
+    net = tiny_net(RefineFormer3D).train(grad)
+    head = net.decode_head
+    x = torch.randn(2, 4, 64, 32, 64, requires_grad=grad)
+    stem = torch.randn(2, head.stem[0].out_channels, 32, 16, 32)
+    fused = head._classify_full_resolution(stem, x)
+    folded = torch.cat([stem, space_to_depth(x, head.stem_stride)], dim=1)
+    upsampled = torch.nn.functional.conv_transpose3d(
+        folded, head.upsample.weight, head.upsample.bias, stride=head.stem_stride
+    )
+    reference = head.classifier(torch.relu(upsampled))
+    torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
+    if grad:
+        (g_fused,) = torch.autograd.grad(fused.square().sum(), head.upsample.weight)
+        (g_reference,) = torch.autograd.grad(reference.square().sum(), head.upsample.weight)
+        torch.testing.assert_close(g_fused, g_reference, rtol=1e-3, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------- export

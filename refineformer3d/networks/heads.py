@@ -15,7 +15,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from refineformer3d.networks.blocks import tokens_to_volume, volume_to_tokens
 
-__all__ = ["SegFormerHead3D", "GatedFusion3D", "RefineHead3D", "space_to_depth"]
+__all__ = ["SegFormerHead3D", "GatedFusion3D", "PatchExpandConvTranspose3d", "RefineHead3D", "space_to_depth"]
 
 
 class _TokenMLP(nn.Module):
@@ -86,6 +86,42 @@ class SegFormerHead3D(nn.Module):
         x = self.fuse(torch.cat(maps, dim=1))
         x = self.classifier(self.dropout(x))
         return F.interpolate(x, scale_factor=self.scale_factor, mode="trilinear", align_corners=False)
+
+
+class PatchExpandConvTranspose3d(nn.ConvTranspose3d):
+    """A ``ConvTranspose3d`` whose kernel equals its stride, run as one matrix product and a rearrangement.
+
+    With ``kernel_size == stride`` (no padding, no groups) every input voxel expands into its own ``k^3`` output cell
+    by one matrix: the patch expanding of Swin-UNet. PyTorch's CPU backend has no oneDNN kernel for this
+    deconvolution and falls back to a slow generic one; as a product of the channels-last tokens with the reshaped
+    weight it runs on the BLAS matrix product. Parameters and state-dict keys are those of ``nn.ConvTranspose3d``,
+    so checkpoints load either way; the output is laid out channels-last.
+
+    Shapes: ``(B, in_channels, d, h, w) -> (B, out_channels, d * k_d, h * k_h, w * k_w)``.
+
+    Raises:
+        ValueError: if the kernel differs from the stride, or padding, output padding, dilation or groups are set.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int], bias: bool = True
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=kernel_size, bias=bias)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        b, c_in, d, h, w = x.shape
+        kd, kh, kw = self.kernel_size
+        # weight (C_in, C_out, kd, kh, kw) -> (C_in, kd * kh * kw * C_out): each cell voxel's channels contiguous
+        weight = self.weight.permute(0, 2, 3, 4, 1).reshape(c_in, -1)
+        tokens = x.permute(0, 2, 3, 4, 1).reshape(-1, c_in)  # a view for channels-last input
+        bias = self.bias
+        if bias is not None:
+            y = torch.addmm(bias.repeat(kd * kh * kw), tokens, weight)
+        else:
+            y = torch.mm(tokens, weight)
+        # (B, d, h, w, kd, kh, kw, C_out) -> (B, d, kd, h, kh, w, kw, C_out) -> channels-last (B, C_out, D, H, W)
+        y = y.reshape(b, d, h, w, kd, kh, kw, self.out_channels).permute(0, 1, 4, 2, 5, 3, 6, 7)
+        return y.reshape(b, d * kd, h * kh, w * kw, self.out_channels).permute(0, 4, 1, 2, 3)
 
 
 class GatedFusion3D(nn.Module):
@@ -231,18 +267,57 @@ class RefineHead3D(nn.Module):
         scales = (reduction // stem_stride, *scale_factors)
         top_down = range(num_stages - 1, -1, -1)
         self.ups = nn.ModuleList(
-            [
-                nn.ConvTranspose3d(channels[i + 1], channels[i], kernel_size=scales[i], stride=scales[i])
-                for i in top_down
-            ]
+            [PatchExpandConvTranspose3d(channels[i + 1], channels[i], kernel_size=scales[i]) for i in top_down]
         )
         self.fusions = nn.ModuleList([GatedFusion3D(channels[i], norm, act) for i in top_down])
-        self.upsample = nn.ConvTranspose3d(
-            stem_channels + image_channels * stem_stride**3, full_channels, kernel_size=stem_stride, stride=stem_stride
+        self.upsample = PatchExpandConvTranspose3d(
+            stem_channels + image_channels * stem_stride**3, full_channels, kernel_size=stem_stride
         )
         self.act = get_act_layer(act)
         self.classifier = nn.Conv3d(full_channels, out_channels, 1)
         self.aux_heads = nn.ModuleList([nn.Conv3d(channels[i], out_channels, 1) for i in range(self.deep_supr_num)])
+
+    def _classify_full_resolution(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``classifier(act(upsample(cat([x, space_to_depth(image)]))))``, computed on the stem grid.
+
+        A transposed convolution whose kernel equals its stride maps each stem voxel to its own ``f^3`` output voxels
+        by one matrix, and the classifier is a matrix per voxel, so both run on the stem grid and only the
+        ``out_channels`` logits are ever laid out at full resolution. The image's share of ``upsample`` is a
+        convolution of the image with kernel and stride ``f`` (oneDNN reads the image in place, where folding it
+        with ``space_to_depth`` and concatenating cost more time than the arithmetic); the stem map's share is a
+        matrix product added into its output. Run as the modules, the same arithmetic spent most of its time
+        outside the FLOPs, on a deconvolution PyTorch has no oneDNN path for and on writing and re-reading a
+        ``full_channels``-wide full-resolution map. The weights stay those of ``upsample`` and ``classifier``.
+
+        Shapes: ``(B, stem_channels, d, h, w), (B, image_channels, D, H, W) -> (B, out_channels, D, H, W)`` with
+        ``D = f * d`` etc., ``f`` the stem stride.
+        """
+        f = self.stem_stride
+        b, c_stem, d, h, w = x.shape
+        c_image = image.shape[1]
+        weight = (
+            self.upsample.weight
+        )  # (c_stem + c_image * f^3, full_channels, f, f, f), inputs in space_to_depth order
+        c_full = weight.shape[1]
+        cell = f * f * f
+        # hidden channels are ordered (output sub-voxel, channel), so each output voxel's channels are contiguous
+        stem_weight = weight[:c_stem].permute(0, 2, 3, 4, 1).reshape(c_stem, cell * c_full)
+        # (c_image, i, j, k, full, a, b, c) -> (a, b, c, full, c_image, i, j, k): a strided convolution's weight
+        image_weight = weight[c_stem:].reshape(c_image, f, f, f, c_full, f, f, f).permute(5, 6, 7, 4, 0, 1, 2, 3)
+        image_weight = image_weight.reshape(cell * c_full, c_image, f, f, f)
+        bias = self.upsample.bias
+        if bias is not None:
+            bias = bias.repeat(cell)
+        hidden = F.conv3d(image, image_weight.to(image.dtype), bias, stride=f)  # (B, f^3 * full, d, h, w)
+        hidden = hidden.permute(0, 2, 3, 4, 1).reshape(-1, cell * c_full)  # a view: oneDNN returns channels-last
+        tokens = x.permute(0, 2, 3, 4, 1).reshape(-1, c_stem).to(hidden.dtype)
+        hidden = self.act(hidden.addmm_(tokens, stem_weight.to(hidden.dtype)))
+        out_channels = self.classifier.out_channels
+        classifier_weight = self.classifier.weight.reshape(out_channels, c_full).to(hidden.dtype)
+        logits = F.linear(hidden.reshape(-1, c_full), classifier_weight, self.classifier.bias)
+        # (B, d, h, w, f, f, f, K) -> (B, K, d, f, h, f, w, f) -> (B, K, D, H, W)
+        logits = logits.reshape(b, d, h, w, f, f, f, out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return logits.reshape(b, out_channels, d * f, h * f, w * f)
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips: list[torch.Tensor] = [self.stem(image)]  # pyramid levels, finest first
@@ -255,8 +330,7 @@ class RefineHead3D(nn.Module):
             x = fusion(up(x), skips[len(skips) - 2 - j])
             if keep_maps:
                 maps.insert(0, x)
-        x = self.upsample(torch.cat([x, space_to_depth(image, self.stem_stride)], dim=1))
-        logits = self.classifier(self.act(x))
+        logits = self._classify_full_resolution(x, image)
         if keep_maps:
             outputs = [logits]
             for i, head in enumerate(self.aux_heads):
