@@ -15,7 +15,14 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from refineformer3d.networks.blocks import tokens_to_volume, volume_to_tokens
 
-__all__ = ["SegFormerHead3D", "GatedFusion3D", "PatchExpandConvTranspose3d", "RefineHead3D", "space_to_depth"]
+__all__ = [
+    "SegFormerHead3D",
+    "GatedFusion3D",
+    "PointwiseConv3d",
+    "PatchExpandConvTranspose3d",
+    "RefineHead3D",
+    "space_to_depth",
+]
 
 
 class _TokenMLP(nn.Module):
@@ -88,6 +95,25 @@ class SegFormerHead3D(nn.Module):
         return F.interpolate(x, scale_factor=self.scale_factor, mode="trilinear", align_corners=False)
 
 
+class PointwiseConv3d(nn.Conv3d):
+    """A 1x1x1 ``Conv3d`` run as a matrix product over the voxels of a channels-last volume.
+
+    For a batch of one and few channels PyTorch's CPU backend sends 1x1x1 convolutions to a slow generic kernel that
+    also returns a channels-first map, which the next oneDNN operation then converts back; as ``F.linear`` on the
+    channels-last voxels it is one BLAS call and the layout is kept. Parameters and state-dict keys are those of
+    ``nn.Conv3d``.
+
+    Shapes: ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)``, channels-last.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.reshape(self.out_channels, self.in_channels)
+        return F.linear(x.permute(0, 2, 3, 4, 1), weight, self.bias).permute(0, 4, 1, 2, 3)
+
+
 class PatchExpandConvTranspose3d(nn.ConvTranspose3d):
     """A ``ConvTranspose3d`` whose kernel equals its stride, run as one matrix product and a rearrangement.
 
@@ -146,16 +172,21 @@ class GatedFusion3D(nn.Module):
         self, channels: int, norm: str | tuple = ("group", {"num_groups": 4}), act: str | tuple = "relu"
     ) -> None:
         super().__init__()
-        self.gate = nn.Conv3d(2 * channels, channels, 1)
+        self.gate = PointwiseConv3d(2 * channels, channels)
         self.refine = nn.Sequential(
             nn.Conv3d(channels, channels, 3, padding=1, groups=channels, bias=False),
             get_norm_layer(norm, 3, channels),
             get_act_layer(act),
-            nn.Conv3d(channels, channels, 1),
+            PointwiseConv3d(channels, channels),
         )
 
     def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.gate(torch.cat([coarse, skip], dim=1)))
+        # gate(cat([coarse, skip])) as two products summed on the channels-last voxels: no concatenated copy
+        c = coarse.shape[1]
+        weight = self.gate.weight.reshape(c, 2 * c)
+        logit = F.linear(coarse.permute(0, 2, 3, 4, 1), weight[:, :c], self.gate.bias)
+        logit = logit + F.linear(skip.permute(0, 2, 3, 4, 1), weight[:, c:])
+        g = torch.sigmoid(logit.permute(0, 4, 1, 2, 3))
         x = coarse + g * skip
         return x + self.refine(x)
 
@@ -259,7 +290,7 @@ class RefineHead3D(nn.Module):
         )
         self.laterals = nn.ModuleList(
             [
-                nn.Sequential(nn.Conv3d(c_in, c, 1, bias=False), get_norm_layer(norm, 3, c), get_act_layer(act))
+                nn.Sequential(PointwiseConv3d(c_in, c, bias=False), get_norm_layer(norm, 3, c), get_act_layer(act))
                 for c_in, c in zip(in_channels, decoder_channels)
             ]
         )
@@ -275,7 +306,7 @@ class RefineHead3D(nn.Module):
         )
         self.act = get_act_layer(act)
         self.classifier = nn.Conv3d(full_channels, out_channels, 1)
-        self.aux_heads = nn.ModuleList([nn.Conv3d(channels[i], out_channels, 1) for i in range(self.deep_supr_num)])
+        self.aux_heads = nn.ModuleList([PointwiseConv3d(channels[i], out_channels) for i in range(self.deep_supr_num)])
 
     def _classify_full_resolution(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """``classifier(act(upsample(cat([x, space_to_depth(image)]))))``, computed on the stem grid.
