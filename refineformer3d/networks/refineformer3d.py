@@ -40,7 +40,7 @@ class RefineFormer3D(MixTransformerSegNet3D):
 
     The defaults are the ``small`` variant (see :data:`REFINEFORMER3D_VARIANTS`). Weights are kept channels-last
     (``torch.channels_last_3d``): transformer tokens already have that layout, and on CPU the decoder's thin 3D
-    convolutions run several times faster in it.
+    convolutions run several times faster in it. The logits come out channels-last too.
 
     Shapes: ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)``; ``D, H, W`` must be multiples of
     :attr:`spatial_divisor` (32 with the defaults) but need not be equal. With ``deep_supervision=True`` and in
