@@ -7,6 +7,7 @@ Usage::
 
     python scripts/efficiency_ideas.py networks --rounds 5      # params, GFLOP, forward-time ratios at 4 x 128^3
     python scripts/efficiency_ideas.py early-exit --studies 5   # windows skipped on the real-size synthetic studies
+    python scripts/efficiency_ideas.py int8 --onnx model.onnx model_int8.onnx --studies 2   # time and Dice per runtime
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ def networks(models: Sequence[str], roi: int, rounds: int) -> str:
     return "\n".join(lines)
 
 
-def early_exit(studies: int, thresholds: Sequence[float]) -> str:
+def early_exit(studies: int, thresholds: Sequence[float], crop: bool = True) -> str:
     from monai.bundle import ConfigParser
     from monai.inferers import sliding_window_inference
 
     parser = ConfigParser()
     parser.read_config("bundle/configs/inference.json")
+    if not crop:
+        parser["preprocessing#transforms"] = [
+            t for t in parser["preprocessing#transforms"] if t["_target_"] != "CropForegroundd"
+        ]
     preprocessing = parser.get_parsed_content("preprocessing")
     roi, overlap = parser.get_parsed_content("roi_size"), parser.get_parsed_content("sw_overlap")
     lines = [
@@ -91,9 +96,56 @@ def early_exit(studies: int, thresholds: Sequence[float]) -> str:
         sliding_window_inference(image[None], roi, 1, record, overlap=overlap)
         skipped = [sum(f <= t for f in fractions) for t in thresholds]
         lines.append(
-            f"| {item['study'] if 'study' in item else len(lines) - 1} | {tuple(image.shape[1:])} | "
+            f"| {item['case']} | {tuple(image.shape[1:])} | "
             f"{len(fractions)} | {min(fractions):.2f} | " + " | ".join(map(str, skipped)) + " |"
         )
+    return "\n".join(lines)
+
+
+def int8(onnx_models: Sequence[str], studies: int, rounds: int, threads: int) -> str:
+    """Sliding-window time (A/B median) and Dice to the reference of PyTorch and each ONNX model (shipped weights)."""
+    from monai.bundle import ConfigParser
+    from monai.metrics import compute_dice
+
+    from refineformer3d.labels import label_names, region_labels
+    from refineformer3d.onnx import OnnxRuntimeNetwork
+
+    torch.set_num_threads(threads)
+    inference = ConfigParser()
+    inference.read_config("bundle/configs/inference.json")
+    inferer = inference.get_parsed_content("inferer")
+    network = inference.get_parsed_content("network_def")
+    network.load_state_dict(torch.load("bundle/models/model.pt", map_location="cpu", weights_only=True))
+    models = {"pytorch fp32": network.eval()}
+    models.update(
+        {f"onnxruntime {m.rsplit('/', 1)[-1]}": OnnxRuntimeNetwork(m, num_threads=threads) for m in onnx_models}
+    )
+    train = ConfigParser()
+    train.read_config("bundle/configs/train.json")
+    train["verify_dataset"] = False
+    preprocessing = train.get_parsed_content("validate#preprocessing")
+    regions = region_labels("classes", abbreviations=True)
+    classes = {"TC": regions["TC"], "edema": tuple(v for v, n in label_names("classes").items() if n == "edema")}
+    classes["WT"] = regions["WT"]
+    lines = ["| study | runtime | sliding window time / PyTorch (A/B median) | Dice TC | Dice edema | Dice WT |"]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for item in train.get_parsed_content("datalist")["testing"][:studies]:
+        data = preprocessing(item)
+        image, label = data["image"][None], data["label"][None]
+        preds: dict[str, torch.Tensor] = {}
+
+        def run(name: str, model=None, image=image, preds=preds) -> None:
+            preds[name] = inferer(image, model).argmax(1, keepdim=True)
+
+        with torch.no_grad():
+            medians = interleaved_medians({n: (lambda n=n, m=m: run(n, m)) for n, m in models.items()}, rounds)
+        for name, pred in preds.items():
+            dice = []
+            for values in classes.values():
+                p, g = (torch.isin(x, torch.tensor(values)).float() for x in (pred, label))
+                dice.append(float(compute_dice(p, g, include_background=True, ignore_empty=False)))
+            ratio = medians[name] / medians["pytorch fp32"]
+            lines.append(f"| {item['case']} | {name} | {ratio:.2f} | " + " | ".join(f"{d:.4f}" for d in dice) + " |")
     return "\n".join(lines)
 
 
@@ -104,14 +156,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     net.add_argument("--models", nargs="+", default=["refineformer3d_tiny", "refineformer3d_small"])
     net.add_argument("--roi", type=int, default=128)
     net.add_argument("--rounds", type=int, default=5)
+    net.add_argument("--threads", type=int, default=2)
     ee = sub.add_parser("early-exit")
     ee.add_argument("--studies", type=int, default=5)
     ee.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
+    ee.add_argument("--no-crop", action="store_true", help="leave out CropForegroundd (the whole head grid)")
+    q = sub.add_parser("int8")
+    q.add_argument(
+        "--onnx", nargs="+", required=True, help="exported fp32 and INT8 models (python -m refineformer3d.onnx)"
+    )
+    q.add_argument("--studies", type=int, default=2)
+    q.add_argument("--rounds", type=int, default=3)
+    q.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.part == "networks":
+        torch.set_num_threads(args.threads)
         print(networks(args.models, args.roi, args.rounds))
+    elif args.part == "early-exit":
+        print(early_exit(args.studies, args.thresholds, crop=not args.no_crop))
     else:
-        print(early_exit(args.studies, args.thresholds))
+        print(int8(args.onnx, args.studies, args.rounds, args.threads))
 
 
 if __name__ == "__main__":
