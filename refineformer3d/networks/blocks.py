@@ -282,6 +282,7 @@ class GlobalFilter3D(nn.Module):
         mixed = torch.fft.irfftn(spectrum, s=spatial_shape, dim=(2, 3, 4), norm="ortho")
         return self.proj_drop(self.proj(volume_to_tokens(mixed).to(x.dtype)))
 
+
 class MixFFN3D(nn.Module):
     """Mix-FFN: Linear, depthwise 3x3x3 ``Conv3d``, GELU, Linear.
 
