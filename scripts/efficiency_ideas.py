@@ -34,8 +34,8 @@ ARMS = {
 }
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median wall time (s) of each call, the calls run in turn ``rounds`` times after one warm-up round."""
+def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Wall times (s) of each call, the calls run in turn ``rounds`` times after one untimed warm-up round."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for r in range(rounds + 1):
         for name, call in calls.items():
@@ -43,12 +43,27 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int) -> 
             call()
             if r:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time (s) of each call over :func:`interleaved_times`."""
+    return {name: statistics.median(t) for name, t in interleaved_times(calls, rounds).items()}
+
+
+def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, float]]:
+    """Per arm: the median over rounds of (arm / baseline in the same round), and best arm / best baseline."""
+    base = times[baseline]
+    return {
+        name: (statistics.median(t / b for t, b in zip(ts, base)), min(ts) / min(base)) for name, ts in times.items()
+    }
 
 
 def networks(models: Sequence[str], roi: int, rounds: int) -> str:
-    lines = ["| network | arm | params | GFLOP (meta, attention counted) | forward time / default (A/B median) |"]
-    lines.append("|---|---|---:|---:|---:|")
+    lines = [
+        "| network | arm | params | GFLOP (meta, attention counted) | time / default, median of rounds | best / best |"
+    ]
+    lines.append("|---|---|---:|---:|---:|---:|")
     x = torch.randn(1, 4, roi, roi, roi)
     for model in models:
         calls, stats = {}, {}
@@ -60,10 +75,12 @@ def networks(models: Sequence[str], roi: int, rounds: int) -> str:
             stats[arm] = (sum(p.numel() for p in net.parameters()), count_flops(meta, x.shape, device="meta")[0])
             calls[arm] = lambda net=net: net(x)
         with torch.inference_mode():
-            medians = interleaved_medians(calls, rounds)
+            times = interleaved_times(calls, rounds)
         for arm, (params, flops) in stats.items():
-            ratio = medians[arm] / medians["default"]
-            lines.append(f"| {model} | {arm} | {params / 1e6:.3f}M | {flops / 1e9:.2f} | {ratio:.2f} |")
+            per_round, best = ratios(times, "default")[arm]
+            lines.append(
+                f"| {model} | {arm} | {params / 1e6:.3f}M | {flops / 1e9:.2f} | {per_round:.2f} | {best:.2f} |"
+            )
     return "\n".join(lines)
 
 
