@@ -11,6 +11,7 @@ from refineformer3d.networks.base import MixTransformerSegNet3D
 from refineformer3d.networks.blocks import (
     EfficientSelfAttention3D,
     GhostConv3d,
+    GlobalFilter3D,
     LowRankLinear,
     MixFFN3D,
     MixTransformerBlock3D,
@@ -40,6 +41,7 @@ __all__ = [
     "GhostConv3d",
     "LowRankLinear",
     "EfficientSelfAttention3D",
+    "GlobalFilter3D",
     "MixFFN3D",
     "MixTransformerBlock3D",
     "SegFormerHead3D",

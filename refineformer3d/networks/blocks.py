@@ -21,11 +21,13 @@ __all__ = [
     "OverlapPatchEmbed3D",
     "LowRankLinear",
     "EfficientSelfAttention3D",
+    "GlobalFilter3D",
     "MixFFN3D",
     "MixTransformerBlock3D",
 ]
 
 PATCH_EMBED_TYPES = ("conv", "ghost")
+TOKEN_MIXERS = ("attention", "fourier")
 
 
 def tokens_to_volume(x: torch.Tensor, spatial_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -231,6 +233,56 @@ class EfficientSelfAttention3D(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
+class GlobalFilter3D(nn.Module):
+    """Fourier token mixing (GFNet, Rao et al. 2021) in 3D: a learnable global filter applied in frequency space.
+
+    ``irfftn(rfftn(x) * K)`` over the volume mixes every token with every other in ``O(N log N)`` per channel, a
+    circular depthwise convolution as large as the volume. GFNet's filter has one weight per frequency of a fixed
+    grid; here the weights sample the filter on a ``filter_size`` grid of normalised frequencies (zero frequency in
+    the middle of the full axes) and are resampled trilinearly to each input's frequency grid, so training crops and
+    inference windows of other sizes share one filter.
+
+    Shapes: ``(B, N, dim), (d, h, w) -> (B, N, dim)``.
+
+    Args:
+        dim: token width (one filter per channel).
+        filter_size: the filter's grid over the ``(d, h, w // 2 + 1)`` frequencies of ``torch.fft.rfftn``.
+        proj_drop: dropout after the output projection.
+
+    Raises:
+        ValueError: if ``filter_size`` does not have three positive entries.
+    """
+
+    def __init__(self, dim: int, filter_size: tuple[int, int, int] = (8, 8, 5), proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if len(filter_size) != 3 or min(filter_size) < 1:
+            raise ValueError(f"filter_size must be three positive sizes, got {tuple(filter_size)}.")
+        self.dim = dim
+        self.filter_size = tuple(int(s) for s in filter_size)
+        # real and imaginary parts; small, as GFNet initialises its filter, so a new block starts near identity
+        self.filter = nn.Parameter(0.02 * torch.randn(2, dim, *self.filter_size))
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def frequency_response(self, spatial_shape: tuple[int, int, int]) -> torch.Tensor:
+        """The filter on the rfftn grid of ``spatial_shape``: complex ``(dim, d, h, w // 2 + 1)``."""
+        d, h, w = spatial_shape
+        size = (d, h, w // 2 + 1)
+        weight = self.filter.reshape(1, 2 * self.dim, *self.filter_size)
+        if size != self.filter_size:
+            weight = F.interpolate(weight, size=size, mode="trilinear", align_corners=True)
+        # the full axes d and h were sampled with zero frequency in the middle; rfftn puts it first
+        weight = torch.fft.ifftshift(weight.reshape(2, self.dim, *size), dim=(2, 3))
+        return torch.complex(weight[0], weight[1])
+
+    def forward(self, x: torch.Tensor, spatial_shape: tuple[int, int, int]) -> torch.Tensor:
+        # channels-first: each channel's volume contiguous, which the CPU FFT runs faster than strided channels-last
+        volume = tokens_to_volume(x.float(), spatial_shape)
+        spectrum = torch.fft.rfftn(volume, dim=(2, 3, 4), norm="ortho") * self.frequency_response(spatial_shape)
+        mixed = torch.fft.irfftn(spectrum, s=spatial_shape, dim=(2, 3, 4), norm="ortho")
+        return self.proj_drop(self.proj(volume_to_tokens(mixed).to(x.dtype)))
+
+
 class MixFFN3D(nn.Module):
     """Mix-FFN: Linear, depthwise 3x3x3 ``Conv3d``, GELU, Linear.
 
@@ -287,6 +339,11 @@ class MixTransformerBlock3D(nn.Module):
         drop: dropout after projections.
         attn_drop: dropout on attention weights.
         drop_path: stochastic-depth probability of both residual branches.
+        token_mixer: ``"attention"`` (:class:`EfficientSelfAttention3D`) or ``"fourier"`` (:class:`GlobalFilter3D`;
+            ``num_heads``, ``sr_ratio``, ``qkv_bias`` and ``attn_drop`` then go unused).
+
+    Raises:
+        ValueError: for an unknown ``token_mixer``.
     """
 
     def __init__(
@@ -301,10 +358,17 @@ class MixTransformerBlock3D(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        token_mixer: str = "attention",
     ) -> None:
         super().__init__()
+        if token_mixer not in TOKEN_MIXERS:
+            raise ValueError(f"token_mixer must be one of {TOKEN_MIXERS}, got {token_mixer!r}.")
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = EfficientSelfAttention3D(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop)
+        self.attn: nn.Module = (
+            GlobalFilter3D(dim, proj_drop=drop)
+            if token_mixer == "fourier"
+            else EfficientSelfAttention3D(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop)
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MixFFN3D(dim, round(dim * mlp_ratio), ffn_rank, ffn_norm, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from refineformer3d.networks.blocks import (
     PATCH_EMBED_TYPES,
+    TOKEN_MIXERS,
     MixTransformerBlock3D,
     OverlapPatchEmbed3D,
     tokens_to_volume,
@@ -39,6 +40,8 @@ class MixTransformerStage3D(nn.Module):
         drop: dropout after projections.
         attn_drop: dropout on attention weights.
         drop_path: stochastic-depth probability of each block, ``depth`` values.
+        token_mixer: ``"attention"`` or ``"fourier"``
+            (see :class:`~refineformer3d.networks.blocks.MixTransformerBlock3D`).
 
     Raises:
         ValueError: if ``len(drop_path) != depth``.
@@ -61,6 +64,7 @@ class MixTransformerStage3D(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: Sequence[float] = (),
+        token_mixer: str = "attention",
     ) -> None:
         super().__init__()
         drop_path = list(drop_path) or [0.0] * depth
@@ -70,7 +74,17 @@ class MixTransformerStage3D(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 MixTransformerBlock3D(
-                    dim, num_heads, mlp_ratio, sr_ratio, ffn_rank, ffn_norm, qkv_bias, drop, attn_drop, rate
+                    dim,
+                    num_heads,
+                    mlp_ratio,
+                    sr_ratio,
+                    ffn_rank,
+                    ffn_norm,
+                    qkv_bias,
+                    drop,
+                    attn_drop,
+                    rate,
+                    token_mixer=token_mixer,
                 )
                 for rate in drop_path
             ]
@@ -117,6 +131,8 @@ class MixVisionTransformer3D(nn.Module):
         drop_rate: dropout after projections.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth of the last block; rates grow linearly from 0 over all blocks.
+        token_mixers: per stage, ``"attention"`` (efficient self-attention) or ``"fourier"`` (a global filter,
+            :class:`~refineformer3d.networks.blocks.GlobalFilter3D`); ``None``: attention everywhere.
 
     Raises:
         ValueError: for per-stage lists of different lengths, heads that do not divide a width, strides larger
@@ -145,9 +161,11 @@ class MixVisionTransformer3D(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        token_mixers: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
+        token_mixers = ("attention",) * num_stages if token_mixers is None else tuple(token_mixers)
         if num_stages < 1:
             raise ValueError("depths must name at least one stage.")
         _check_per_stage(
@@ -158,6 +176,7 @@ class MixVisionTransformer3D(nn.Module):
             mlp_ratios=mlp_ratios,
             patch_sizes=patch_sizes,
             strides=strides,
+            token_mixers=token_mixers,
         )
         for i, (dim, heads, kernel, stride) in enumerate(zip(embed_dims, num_heads, patch_sizes, strides)):
             if dim % heads != 0:
@@ -170,6 +189,8 @@ class MixVisionTransformer3D(nn.Module):
             raise ValueError(f"every stage needs at least one block, got depths={list(depths)}.")
         if patch_embed not in PATCH_EMBED_TYPES:
             raise ValueError(f"patch_embed must be one of {PATCH_EMBED_TYPES}, got {patch_embed!r}.")
+        if any(mixer not in TOKEN_MIXERS for mixer in token_mixers):
+            raise ValueError(f"token_mixers must each be one of {TOKEN_MIXERS}, got {list(token_mixers)}.")
         if ffn_rank_ratio is not None and ffn_rank_ratio <= 0:
             raise ValueError(f"ffn_rank_ratio must be positive or None, got {ffn_rank_ratio}.")
         for name, rate in (
@@ -208,6 +229,7 @@ class MixVisionTransformer3D(nn.Module):
                     drop=drop_rate,
                     attn_drop=attn_drop_rate,
                     drop_path=rates[first : first + depths[i]],
+                    token_mixer=token_mixers[i],
                 )
             )
 

@@ -72,6 +72,8 @@ class RefineFormer3D(MixTransformerSegNet3D):
             trained with them has extra ``decode_head.aux_heads.*`` weights: build the inference network with
             ``deep_supervision=True`` too (eval mode still returns one tensor) or load with ``strict=False``.
         deep_supr_num: number of auxiliary classifiers (stem level, first stage, ...).
+        token_mixers: per encoder stage, ``"attention"`` or ``"fourier"`` (a GFNet-style global filter in place of
+            attention); ``None``: attention everywhere.
 
     Raises:
         ValueError: for inconsistent arguments, and in ``forward`` for spatial dims that are not multiples of
@@ -109,6 +111,7 @@ class RefineFormer3D(MixTransformerSegNet3D):
         drop_path_rate: float = 0.0,
         deep_supervision: bool = False,
         deep_supr_num: int = 3,
+        token_mixers: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -127,6 +130,7 @@ class RefineFormer3D(MixTransformerSegNet3D):
             drop_rate=drop_rate,
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
+            token_mixers=token_mixers,
         )
         self.decode_head = RefineHead3D(
             in_channels=self.encoder.embed_dims,

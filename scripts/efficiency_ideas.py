@@ -1,0 +1,199 @@
+"""Measurements behind bundle/docs/README.md, "Efficiency ideas, measured".
+
+Speed is compared A/B inside one process: the arms of a comparison run in turn, round after round, and the median of
+each arm's forwards is divided by the baseline's, so load that other processes put on the machine hits every arm.
+
+Usage::
+
+    python scripts/efficiency_ideas.py networks --rounds 5      # params, GFLOP, forward-time ratios at 4 x 128^3
+    python scripts/efficiency_ideas.py early-exit --studies 5   # windows skipped on the real-size synthetic studies
+    python scripts/efficiency_ideas.py int8 --onnx model.onnx model_int8.onnx --studies 2   # time and Dice per runtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from refineformer3d.networks import create_model
+from refineformer3d.summary import count_flops
+
+FOURIER_1 = ("fourier", "attention", "attention", "attention")
+FOURIER_2 = ("fourier", "fourier", "attention", "attention")
+ARMS = {
+    "default": {},
+    "fourier stage 1": {"token_mixers": FOURIER_1},
+    "fourier stages 1-2": {"token_mixers": FOURIER_2},
+    "ghost off (conv)": {"patch_embed": "conv"},
+    "low-rank off": {"ffn_rank_ratio": None},
+    "ghost and low-rank off": {"patch_embed": "conv", "ffn_rank_ratio": None},
+}
+
+
+def interleaved_times(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Wall times (s) of each call, the calls run in turn ``rounds`` times after one untimed warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(rounds + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time (s) of each call over :func:`interleaved_times`."""
+    return {name: statistics.median(t) for name, t in interleaved_times(calls, rounds).items()}
+
+
+def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, float]]:
+    """Per arm: the median over rounds of (arm / baseline in the same round), and best arm / best baseline."""
+    base = times[baseline]
+    return {
+        name: (statistics.median(t / b for t, b in zip(ts, base)), min(ts) / min(base)) for name, ts in times.items()
+    }
+
+
+def networks(models: Sequence[str], roi: int, rounds: int) -> str:
+    lines = [
+        "| network | arm | params | GFLOP (meta, attention counted) | time / default, median of rounds | best / best |"
+    ]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    x = torch.randn(1, 4, roi, roi, roi)
+    for model in models:
+        calls, stats = {}, {}
+        for arm, overrides in ARMS.items():
+            torch.manual_seed(0)
+            net = create_model(model, in_channels=4, out_channels=3, **overrides).eval()
+            with torch.device("meta"):
+                meta = create_model(model, in_channels=4, out_channels=3, **overrides).eval()
+            stats[arm] = (sum(p.numel() for p in net.parameters()), count_flops(meta, x.shape, device="meta")[0])
+            calls[arm] = lambda net=net: net(x)
+        with torch.inference_mode():
+            times = interleaved_times(calls, rounds)
+        for arm, (params, flops) in stats.items():
+            per_round, best = ratios(times, "default")[arm]
+            lines.append(
+                f"| {model} | {arm} | {params / 1e6:.3f}M | {flops / 1e9:.2f} | {per_round:.2f} | {best:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def early_exit(studies: int, thresholds: Sequence[float], crop: bool = True) -> str:
+    from monai.bundle import ConfigParser
+    from monai.inferers import sliding_window_inference
+
+    parser = ConfigParser()
+    parser.read_config("bundle/configs/inference.json")
+    if not crop:
+        parser["preprocessing#transforms"] = [
+            t for t in parser["preprocessing#transforms"] if t["_target_"] != "CropForegroundd"
+        ]
+    preprocessing = parser.get_parsed_content("preprocessing")
+    roi, overlap = parser.get_parsed_content("roi_size"), parser.get_parsed_content("sw_overlap")
+    lines = [
+        "| study | preprocessed shape | windows | min brain fraction | "
+        + " | ".join(f"skipped at {t}" for t in thresholds)
+        + " |",
+        "|---" * (4 + len(thresholds)) + "|",
+    ]
+    for item in parser.get_parsed_content("datalist")[:studies]:
+        image = preprocessing(item)["image"]
+        fractions: list[float] = []
+
+        def record(windows: torch.Tensor, fractions: list[float] = fractions) -> torch.Tensor:
+            fractions.extend((windows != 0).any(dim=1).flatten(1).float().mean(dim=1).tolist())
+            return windows[:, :1]
+
+        sliding_window_inference(image[None], roi, 1, record, overlap=overlap)
+        skipped = [sum(f <= t for f in fractions) for t in thresholds]
+        lines.append(
+            f"| {item['case']} | {tuple(image.shape[1:])} | "
+            f"{len(fractions)} | {min(fractions):.2f} | " + " | ".join(map(str, skipped)) + " |"
+        )
+    return "\n".join(lines)
+
+
+def int8(onnx_models: Sequence[str], studies: int, rounds: int, threads: int) -> str:
+    """Sliding-window time (A/B median) and Dice to the reference of PyTorch and each ONNX model (shipped weights)."""
+    from monai.bundle import ConfigParser
+    from monai.metrics import compute_dice
+
+    from refineformer3d.labels import label_names, region_labels
+    from refineformer3d.onnx import OnnxRuntimeNetwork
+
+    torch.set_num_threads(threads)
+    inference = ConfigParser()
+    inference.read_config("bundle/configs/inference.json")
+    inferer = inference.get_parsed_content("inferer")
+    network = inference.get_parsed_content("network_def")
+    network.load_state_dict(torch.load("bundle/models/model.pt", map_location="cpu", weights_only=True))
+    models = {"pytorch fp32": network.eval()}
+    models.update(
+        {f"onnxruntime {m.rsplit('/', 1)[-1]}": OnnxRuntimeNetwork(m, num_threads=threads) for m in onnx_models}
+    )
+    train = ConfigParser()
+    train.read_config("bundle/configs/train.json")
+    train["verify_dataset"] = False
+    preprocessing = train.get_parsed_content("validate#preprocessing")
+    regions = region_labels("classes", abbreviations=True)
+    classes = {"TC": regions["TC"], "edema": tuple(v for v, n in label_names("classes").items() if n == "edema")}
+    classes["WT"] = regions["WT"]
+    lines = ["| study | runtime | sliding window time / PyTorch (A/B median) | Dice TC | Dice edema | Dice WT |"]
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for item in train.get_parsed_content("datalist")["testing"][:studies]:
+        data = preprocessing(item)
+        image, label = data["image"][None], data["label"][None]
+        preds: dict[str, torch.Tensor] = {}
+
+        def run(name: str, model=None, image=image, preds=preds) -> None:
+            preds[name] = inferer(image, model).argmax(1, keepdim=True)
+
+        with torch.no_grad():
+            medians = interleaved_medians({n: (lambda n=n, m=m: run(n, m)) for n, m in models.items()}, rounds)
+        for name, pred in preds.items():
+            dice = []
+            for values in classes.values():
+                p, g = (torch.isin(x, torch.tensor(values)).float() for x in (pred, label))
+                dice.append(float(compute_dice(p, g, include_background=True, ignore_empty=False)))
+            ratio = medians[name] / medians["pytorch fp32"]
+            lines.append(f"| {item['case']} | {name} | {ratio:.2f} | " + " | ".join(f"{d:.4f}" for d in dice) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part", required=True)
+    net = sub.add_parser("networks")
+    net.add_argument("--models", nargs="+", default=["refineformer3d_tiny", "refineformer3d_small"])
+    net.add_argument("--roi", type=int, default=128)
+    net.add_argument("--rounds", type=int, default=5)
+    net.add_argument("--threads", type=int, default=2)
+    ee = sub.add_parser("early-exit")
+    ee.add_argument("--studies", type=int, default=5)
+    ee.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
+    ee.add_argument("--no-crop", action="store_true", help="leave out CropForegroundd (the whole head grid)")
+    q = sub.add_parser("int8")
+    q.add_argument(
+        "--onnx", nargs="+", required=True, help="exported fp32 and INT8 models (python -m refineformer3d.onnx)"
+    )
+    q.add_argument("--studies", type=int, default=2)
+    q.add_argument("--rounds", type=int, default=3)
+    q.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.part == "networks":
+        torch.set_num_threads(args.threads)
+        print(networks(args.models, args.roi, args.rounds))
+    elif args.part == "early-exit":
+        print(early_exit(args.studies, args.thresholds, crop=not args.no_crop))
+    else:
+        print(int8(args.onnx, args.studies, args.rounds, args.threads))
+
+
+if __name__ == "__main__":
+    main()
