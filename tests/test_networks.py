@@ -366,11 +366,13 @@ def test_patch_expand_is_the_transposed_convolution(kernel_size, channels_last):
         PatchExpandConvTranspose3d(6, 5, 2, stride=1)  # the stride is the kernel, not a choice
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_refine_head_full_resolution_equals_its_modules(grad):
-    # the head computes upsample + classifier on the stem grid; the modules themselves define what it must equal
+@pytest.mark.parametrize("grad, slab_values", [(False, 1), (False, 1 << 15), (False, 1 << 40), (True, 1 << 15)])
+def test_refine_head_full_resolution_equals_its_modules(grad, slab_values):
+    # the head computes upsample + classifier on the stem grid, in slabs of stem slices in CPU inference (one slice,
+    # 4 slices, all at once here); the modules themselves define what it must equal
     net = tiny_net(RefineFormer3D).train(grad)
     head = net.decode_head
+    head.slab_values = slab_values
     x = torch.randn(2, 4, 64, 32, 64, requires_grad=grad)
     stem = torch.randn(2, head.stem[0].out_channels, 32, 16, 32)
     fused = head._classify_full_resolution(stem, x)

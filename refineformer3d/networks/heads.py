@@ -306,6 +306,8 @@ class RefineHead3D(nn.Module):
         )
         self.act = get_act_layer(act)
         self.classifier = nn.Conv3d(full_channels, out_channels, 1)
+        #: hidden values per slab of the full-resolution step in CPU inference (1 MiB of float32, about a core's L2)
+        self.slab_values = 1 << 18
         self.aux_heads = nn.ModuleList([PointwiseConv3d(channels[i], out_channels) for i in range(self.deep_supr_num)])
 
     def _classify_full_resolution(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -320,36 +322,72 @@ class RefineHead3D(nn.Module):
         outside the FLOPs, on a deconvolution PyTorch has no oneDNN path for and on writing and re-reading a
         ``full_channels``-wide full-resolution map. The weights stay those of ``upsample`` and ``classifier``.
 
+        In CPU inference the stem grid is processed in slabs of a few slices, so that the ``f^3 * full_channels``
+        hidden values of a slab are still in the cache when the activation and the classifier read them.
+
         Shapes: ``(B, stem_channels, d, h, w), (B, image_channels, D, H, W) -> (B, out_channels, D, H, W)`` with
         ``D = f * d`` etc., ``f`` the stem stride; the logits are laid out channels-last.
         """
         f = self.stem_stride
         b, c_stem, d, h, w = x.shape
         c_image = image.shape[1]
-        weight = (
-            self.upsample.weight
-        )  # (c_stem + c_image * f^3, full_channels, f, f, f), inputs in space_to_depth order
+        # upsample's weight: (c_stem + c_image * f^3, full_channels, f, f, f), its inputs in space_to_depth's order
+        weight = self.upsample.weight
         c_full = weight.shape[1]
         cell = f * f * f
         # hidden channels are ordered (output sub-voxel, channel), so each output voxel's channels are contiguous
         stem_weight = weight[:c_stem].permute(0, 2, 3, 4, 1).reshape(c_stem, cell * c_full)
         # (c_image, i, j, k, full, a, b, c) -> (a, b, c, full, c_image, i, j, k): a strided convolution's weight
         image_weight = weight[c_stem:].reshape(c_image, f, f, f, c_full, f, f, f).permute(5, 6, 7, 4, 0, 1, 2, 3)
-        image_weight = image_weight.reshape(cell * c_full, c_image, f, f, f)
+        image_weight = image_weight.reshape(cell * c_full, c_image, f, f, f).to(image.dtype)
         bias = self.upsample.bias
         if bias is not None:
             bias = bias.repeat(cell)
-        hidden = F.conv3d(image, image_weight.to(image.dtype), bias, stride=f)  # (B, f^3 * full, d, h, w)
-        hidden = hidden.permute(0, 2, 3, 4, 1).reshape(-1, cell * c_full)  # a view: oneDNN returns channels-last
+        classifier_weight = self.classifier.weight.reshape(self.classifier.out_channels, c_full)
+        slab = d
+        if not self.training and not torch.jit.is_tracing() and image.device.type == "cpu":
+            slab = max(1, self.slab_values // (b * h * w * cell * c_full))
+        if slab >= d:
+            logits = self._classify_slab(x, image, stem_weight, image_weight, bias, classifier_weight)
+            return logits.reshape(b, d * f, h * f, w * f, -1).permute(0, 4, 1, 2, 3)
+        out = torch.empty(0)
+        for i in range(0, d, slab):
+            logits = self._classify_slab(
+                x[:, :, i : i + slab],
+                image[:, :, i * f : (i + slab) * f],
+                stem_weight,
+                image_weight,
+                bias,
+                classifier_weight,
+            )
+            if i == 0:
+                out = torch.empty((b, d * f, h * f, w * f, logits.shape[-1]), dtype=logits.dtype, device=x.device)
+            # the rearrangement into the output is the one copy each slab's logits need anyway
+            out[:, i * f : i * f + logits.shape[1] * f].view(logits.shape).copy_(logits)
+        return out.permute(0, 4, 1, 2, 3)
+
+    def _classify_slab(
+        self,
+        x: torch.Tensor,
+        image: torch.Tensor,
+        stem_weight: torch.Tensor,
+        image_weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        classifier_weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """The logits of one slab of stem slices: ``(B, d, f, h, f, w, f, out_channels)``, a view."""
+        f = self.stem_stride
+        b, c_stem, d, h, w = x.shape
+        c_full = classifier_weight.shape[1]
+        out_channels = classifier_weight.shape[0]
+        hidden = F.conv3d(image, image_weight, bias, stride=f)  # (B, f^3 * full, d, h, w)
+        hidden = hidden.permute(0, 2, 3, 4, 1).reshape(-1, stem_weight.shape[1])  # a view: oneDNN gives channels-last
         tokens = x.permute(0, 2, 3, 4, 1).reshape(-1, c_stem).to(hidden.dtype)
         hidden = self.act(hidden.addmm_(tokens, stem_weight.to(hidden.dtype)))
-        out_channels = self.classifier.out_channels
-        classifier_weight = self.classifier.weight.reshape(out_channels, c_full).to(hidden.dtype)
-        logits = F.linear(hidden.reshape(-1, c_full), classifier_weight, self.classifier.bias)
-        # (B, d, h, w, f, f, f, K) -> (B, d, f, h, f, w, f, K) -> channels-last (B, K, D, H, W): this copy moves runs
-        # of f * K values, where a channels-first one would gather single values (5 times slower)
-        logits = logits.reshape(b, d, h, w, f, f, f, out_channels).permute(0, 1, 4, 2, 5, 3, 6, 7)
-        return logits.reshape(b, d * f, h * f, w * f, out_channels).permute(0, 4, 1, 2, 3)
+        logits = F.linear(hidden.reshape(-1, c_full), classifier_weight.to(hidden.dtype), self.classifier.bias)
+        # (B, d, h, w, f, f, f, K) -> (B, d, f, h, f, w, f, K), a view; laid out as (B, D, H, W, K) it is the
+        # channels-last logits, a copy that moves runs of f * K values (a channels-first one would gather single values)
+        return logits.reshape(b, d, h, w, f, f, f, out_channels).permute(0, 1, 4, 2, 5, 3, 6, 7)
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips: list[torch.Tensor] = [self.stem(image)]  # pyramid levels, finest first
