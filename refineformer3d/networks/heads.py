@@ -188,8 +188,9 @@ class GatedFusion3D(nn.Module):
         weight = self.gate.weight.reshape(c, 2 * c)
         logit = F.linear(coarse.permute(0, 2, 3, 4, 1), weight[:, :c], self.gate.bias)
         skip_voxels = skip.permute(0, 2, 3, 4, 1).reshape(-1, c).to(logit.dtype)
-        logit.view(-1, c).addmm_(skip_voxels, weight[:, c:].t().to(logit.dtype))
-        g = logit.sigmoid_().permute(0, 4, 1, 2, 3)
+        # go on with what addmm_ returns, not its base tensor: the ONNX exporter does not carry a view's update back
+        summed = logit.view(-1, c).addmm_(skip_voxels, weight[:, c:].t().to(logit.dtype))
+        g = summed.sigmoid_().view(logit.shape).permute(0, 4, 1, 2, 3)
         x = torch.addcmul(coarse, g, skip)
         return x + self.refine(x)
 
