@@ -102,7 +102,7 @@ class DistillationLoss(nn.Module):
         label, teacher = target[:, :1], target[:, 1:]
         t = self.temperature
         kl = F.kl_div(
-            F.log_softmax(input / t, dim=1),
+            F.log_softmax(input.float() / t, dim=1),
             F.log_softmax(teacher.float() / t, dim=1),
             reduction="none",
             log_target=True,
