@@ -20,7 +20,7 @@ from refineformer3d.networks import (
     register_model,
 )
 from refineformer3d.networks.blocks import GhostConv3d, LowRankLinear
-from refineformer3d.networks.heads import PatchExpandConvTranspose3d, space_to_depth
+from refineformer3d.networks.heads import PatchExpandConvTranspose3d, PointwiseConv3d, space_to_depth
 
 # narrow encoders so that forward/backward on 32^3-64^3 inputs take milliseconds
 TINY_ENCODER = dict(embed_dims=(8, 16, 24, 32), num_heads=(1, 2, 2, 4))
@@ -364,6 +364,19 @@ def test_patch_expand_is_the_transposed_convolution(kernel_size, channels_last):
     assert y.is_contiguous(memory_format=torch.channels_last_3d)
     with pytest.raises(TypeError):
         PatchExpandConvTranspose3d(6, 5, 2, stride=1)  # the stride is the kernel, not a choice
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_is_the_convolution(channels_last):
+    pointwise = PointwiseConv3d(6, 5)
+    reference = torch.nn.Conv3d(6, 5, 1)
+    reference.load_state_dict(pointwise.state_dict())
+    x = torch.randn(2, 6, 3, 4, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    y = pointwise(x)
+    torch.testing.assert_close(y, reference(x))
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 @pytest.mark.parametrize("grad, slab_values", [(False, 1), (False, 1 << 17), (False, 1 << 40), (True, 1 << 17)])

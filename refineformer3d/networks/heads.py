@@ -125,8 +125,11 @@ class PatchExpandConvTranspose3d(nn.ConvTranspose3d):
 
     Shapes: ``(B, in_channels, d, h, w) -> (B, out_channels, d * k_d, h * k_h, w * k_w)``.
 
-    Raises:
-        ValueError: if the kernel differs from the stride, or padding, output padding, dilation or groups are set.
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: kernel and stride, one or one per axis.
+        bias: whether the output has a bias.
     """
 
     def __init__(
@@ -134,7 +137,7 @@ class PatchExpandConvTranspose3d(nn.ConvTranspose3d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=kernel_size, bias=bias)
 
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c_in, d, h, w = x.shape
         kd, kh, kw = self.kernel_size
         # weight (C_in, C_out, kd, kh, kw) -> (C_in, kd * kh * kw * C_out): each cell voxel's channels contiguous
