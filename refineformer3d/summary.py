@@ -1,11 +1,14 @@
-"""Parameters, FLOPs and CPU forward time of every registered network and of MONAI's reference networks.
+"""Parameters and FLOPs of every registered network and of MONAI's reference networks, in seconds: nothing is timed.
 
 Usage::
 
-    python -m refineformer3d.summary                      # all models, 4 x 128^3, timed, plain table
-    python -m refineformer3d.summary --markdown --repeats 5
-    python -m refineformer3d.summary --roi 96 128 64 --no-time --models refineformer3d_small segformer3d
+    python -m refineformer3d.summary                      # all models, 4 x 128^3, plain table
+    python -m refineformer3d.summary --markdown --volume 240 240 155
+    python -m refineformer3d.summary --roi 96 128 64 --models refineformer3d_small segformer3d
     python -m refineformer3d.summary --models segformer2d_b0 --roi 128 128 8 --overlap 0.5 0.5 0 --volume 240 240 155
+
+Times, peak memory and the fraction of the machine's matmul peak are measured by ``python -m
+refineformer3d.benchmark``.
 
 The default table leaves out the slice-wise SegFormers B1, B3, B4 and B5 (B0 and B2 stand for the family; the big
 ones take minutes per 128^3 window on a CPU); ``--models`` measures any registered name.
@@ -13,7 +16,8 @@ ones take minutes per 128^3 window on a CPU); ``--models`` measures any register
 FLOP conventions (both columns count 2 FLOP per multiply-add with ``torch.utils.flop_counter.FlopCounterMode``,
 batch 1; norms, activations and interpolation are not counted):
 
-* ``GFLOP`` is the counter run during a real CPU forward. PyTorch's CPU kernel of
+* ``GFLOP`` is the counter run during a CPU forward on fake tensors (``FakeTensorMode``: PyTorch chooses the CPU
+  kernels, no arithmetic runs). PyTorch's CPU kernel of
   ``scaled_dot_product_attention`` has no FLOP formula, so attention inside SDPA is *not* counted; this is how the
   SegFormer3D reference figure (25.4 GFLOP at 4 x 128^3) was measured.
 * ``GFLOP+attn`` is the counter run on the ``meta`` device, where SDPA decomposes into counted matrix products: the
@@ -23,6 +27,7 @@ batch 1; norms, activations and interpolation are not counted):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.utils.benchmark as benchmark
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from refineformer3d.networks import create_model, list_models
@@ -38,9 +43,10 @@ from refineformer3d.networks import create_model, list_models
 __all__ = [
     "SummaryRow",
     "reference_models",
+    "model_factories",
     "count_flops",
-    "time_forward",
-    "time_sliding_window",
+    "count_parameters",
+    "network_flops",
     "count_windows",
     "NOT_BY_DEFAULT",
     "default_models",
@@ -53,18 +59,19 @@ __all__ = [
 #: registered variants that the default table leaves out (``--models`` measures them)
 NOT_BY_DEFAULT = ("segformer2d_b1", "segformer2d_b3", "segformer2d_b4", "segformer2d_b5")
 
+#: options of the former timed summary; the benchmark measures times now
+_TIMING_OPTIONS = ("--repeats", "--no-time", "--threads")
+
 
 @dataclass
 class SummaryRow:
-    """One line of the table; ``None`` where a value was not measured."""
+    """One line of the table; ``None`` where a value was not counted."""
 
     name: str
     source: str
     params_m: float
     gflop: float | None
     gflop_attn: float | None
-    cpu_s: float | None
-    window_s: float | None = None
     study_gflop: float | None = None
 
 
@@ -105,15 +112,27 @@ def reference_models(
     }
 
 
+def model_factories(
+    in_channels: int = 4, out_channels: int = 3, roi: Sequence[int] = (128, 128, 128)
+) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
+    """Name -> (source, factory) of every registered variant (``"refineformer3d"``) and reference (``"MONAI"``)."""
+    factories: dict[str, tuple[str, Callable[[], nn.Module]]] = {
+        name: ("refineformer3d", lambda n=name: create_model(n, in_channels=in_channels, out_channels=out_channels))
+        for name in list_models()
+    }
+    factories.update({name: ("MONAI", f) for name, f in reference_models(in_channels, out_channels, roi).items()})
+    return factories
+
+
 def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torch.device = "cpu") -> tuple[float, bool]:
     """FLOPs (2 per multiply-add) of one forward of a zero input, counted by ``FlopCounterMode``.
 
-    On ``"meta"`` no arithmetic runs, so full-size counts are instant; ``model`` must live on ``device``.
+    No arithmetic runs: on ``"meta"`` none can, elsewhere the forward runs on fake tensors (``FakeTensorMode``) that
+    still dispatch to ``device``'s kernels, so full-size counts take a second. ``model`` must live on ``device``.
 
     Returns:
         The FLOPs, and whether a fused attention kernel ran (whose FLOPs are missing from a CPU count).
     """
-    x = torch.zeros(tuple(input_shape), device=device)
     fused: list[bool] = []
 
     def fused_cpu_attention(*args, **kwargs) -> int:
@@ -129,43 +148,53 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torc
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: fused_cpu_attention,
         torch.ops.aten.addmm_: inplace_addmm,
     }
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(x)
+    fake = (
+        contextlib.nullcontext() if torch.device(device).type == "meta" else FakeTensorMode(allow_non_fake_inputs=True)
+    )
+    with fake, torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(torch.zeros(tuple(input_shape), device=device))
     return float(counter.get_total_flops()), bool(fused)
 
 
-def time_forward(model: nn.Module, input_shape: Sequence[int], repeats: int = 3) -> float:
-    """Mean wall time (s) of a CPU forward under ``torch.inference_mode``, by ``torch.utils.benchmark.Timer``.
+def count_parameters(factory: Callable[[], nn.Module]) -> int:
+    """Parameters of the network ``factory`` builds: on the meta device (instant) where it can be built there."""
+    try:
+        with torch.device("meta"):
+            model = factory()
+    except (NotImplementedError, RuntimeError):  # e.g. SwinUNETR calls .item() while it builds
+        model = factory()
+    return sum(p.numel() for p in model.parameters())
 
-    The timer warms up (two forwards) and keeps PyTorch's current thread count; ``repeats`` forwards are timed.
+
+def network_flops(
+    factory: Callable[[], nn.Module], input_shape: Sequence[int], cpu: bool = True
+) -> tuple[float | None, float | None]:
+    """The two FLOP counts of the network ``factory`` builds, for one forward of ``input_shape``.
+
+    Args:
+        factory: builds the network (called once on the CPU if ``cpu``, once on ``meta``).
+        input_shape: ``(B, C, D, H, W)``.
+        cpu: also count the CPU forward (attention inside PyTorch's fused CPU kernel left out).
+
+    Returns:
+        ``(cpu_flops, flops_with_attention)``; ``None`` where not counted. Where the meta count is impossible (e.g.
+        SwinUNETR calls ``.item()``) and no fused attention ran, the CPU count is already complete and stands for both.
     """
-    x = torch.randn(tuple(input_shape))
-    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
-    with torch.inference_mode():
-        return timer.timeit(number=repeats).mean
+    counted: list[tuple[float, bool]] = []
 
+    def cpu_count() -> tuple[float, bool]:
+        if not counted:
+            counted.append(count_flops(factory().eval(), input_shape))
+        return counted[0]
 
-def time_sliding_window(
-    model: nn.Module,
-    volume_shape: Sequence[int],
-    roi: Sequence[int],
-    overlap: float | Sequence[float] = 0.5,
-    sw_batch_size: int = 1,
-) -> float:
-    """Wall time (s) of one whole-volume sliding-window inference on the CPU, as the bundle's inferer runs it.
-
-    ``volume_shape`` is ``(B, C, D, H, W)``; windows of ``roi`` with ``overlap`` (one or one per axis) and Gaussian
-    blending. Timed by ``torch.utils.benchmark.Timer``: one warm-up run (its block-size estimate), then one timed run.
-    """
-    from monai.inferers import SlidingWindowInferer
-
-    inferer = SlidingWindowInferer(roi_size=tuple(roi), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
-    x = torch.randn(tuple(volume_shape))
-    globals_ = {"inferer": inferer, "model": model, "x": x}
-    timer = benchmark.Timer(stmt="inferer(x, model)", globals=globals_, num_threads=torch.get_num_threads())
-    with torch.inference_mode():
-        # min_run_time 0: a whole volume takes seconds, so one timed run after the estimate, not timeit's two warm-ups
-        return timer.blocked_autorange(min_run_time=0).median
+    try:
+        with torch.device("meta"):
+            meta_model = factory().eval()
+        with_attention: float | None = count_flops(meta_model, input_shape, device="meta")[0]
+    except (NotImplementedError, RuntimeError):
+        flops, fused_attention = cpu_count()
+        with_attention = None if fused_attention else flops
+    return (cpu_count()[0] if cpu else None), with_attention
 
 
 def count_windows(volume_shape: Sequence[int], roi: Sequence[int], overlap: float | Sequence[float] = 0.5) -> int:
@@ -194,27 +223,22 @@ def summary_rows(
     out_channels: int = 3,
     models: Sequence[str] | None = None,
     include_references: bool = True,
-    measure_time: bool = True,
     cpu_flops: bool = True,
-    repeats: int = 3,
-    threads: int | None = 2,
     volume: Sequence[int] | None = None,
     overlap: float | Sequence[float] = 0.5,
 ) -> list[SummaryRow]:
-    """Measure every registered variant (and MONAI's references) for a ``(1, in_channels, *roi)`` input.
+    """Count parameters and FLOPs of every registered variant (and MONAI's references) for a ``(1, in_channels, *roi)``
+    input; nothing runs real arithmetic, so the whole table takes seconds.
 
     Args:
         roi: spatial size of the input.
         in_channels: input channels.
         out_channels: classes.
-        models: names to measure (registry names or reference names); all of them by default.
+        models: names to count (registry names or reference names); all of them by default.
         include_references: add SegResNet, UNETR and SwinUNETR when ``models`` is ``None``.
-        measure_time: time a CPU forward (slow at 128^3).
-        cpu_flops: count FLOPs during a real CPU forward (the ``GFLOP`` column); otherwise it is ``None``.
-        repeats: timed forwards per model.
-        threads: ``torch.set_num_threads`` during the measurement (restored afterwards); ``None`` leaves it.
-        volume: also time a whole-volume sliding window (windows of ``roi``) over a volume of this spatial size,
-            e.g. BraTS's ``(240, 240, 155)``, and count its FLOPs (``GFLOP+attn`` per window times the windows).
+        cpu_flops: count FLOPs of a CPU forward (the ``GFLOP`` column); otherwise it is ``None``.
+        volume: also count the FLOPs of a whole-volume sliding window (windows of ``roi``) over a volume of this
+            spatial size, e.g. BraTS's ``(240, 240, 155)``: ``GFLOP+attn`` per window times the windows.
         overlap: the sliding window's overlap, one or one per axis.
 
     Returns:
@@ -223,17 +247,10 @@ def summary_rows(
     Raises:
         ValueError: for a name that is neither registered nor a reference model.
     """
-    references = reference_models(in_channels, out_channels, roi)
-    factories: dict[str, tuple[str, Callable[[], nn.Module]]] = {}
-    for name in list_models():
-        factories[name] = (
-            "refineformer3d",
-            lambda n=name: create_model(n, in_channels=in_channels, out_channels=out_channels),
-        )
-    for name, factory in references.items():
-        factories[name] = ("MONAI", factory)
+    factories = model_factories(in_channels, out_channels, roi)
     if models is None:
-        names = default_models() + (list(references) if include_references else [])
+        references = [name for name, (source, _) in factories.items() if source == "MONAI"]
+        names = default_models() + (references if include_references else [])
     else:
         unknown = [n for n in models if n not in factories]
         if unknown:
@@ -242,38 +259,20 @@ def summary_rows(
 
     input_shape = (1, in_channels, *roi)
     windows = count_windows((1, in_channels, *volume), roi, overlap) if volume else None
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     rows = []
-    try:
-        for name in names:
-            source, factory = factories[name]
-            try:
-                model = factory().eval()
-            except ImportError as err:  # UNETR and SwinUNETR need MONAI's optional einops
-                warnings.warn(f"skipping {name}: {err}", stacklevel=2)
-                continue
-            params = sum(p.numel() for p in model.parameters()) / 1e6
-            gflop, fused_attention = None, True
-            if cpu_flops:
-                flops, fused_attention = count_flops(model, input_shape)
-                gflop = flops / 1e9
-            try:
-                with torch.device("meta"):
-                    meta_model = factory().eval()
-                gflop_attn: float | None = count_flops(meta_model, input_shape, device="meta")[0] / 1e9
-            except (NotImplementedError, RuntimeError):  # e.g. SwinUNETR calls .item(), impossible on meta
-                # without a fused attention kernel the CPU count is already complete
-                gflop_attn = None if fused_attention else gflop
-            cpu_s = time_forward(model, input_shape, repeats) if measure_time else None
-            window_s = time_sliding_window(model, (1, in_channels, *volume), roi, overlap) if volume else None
-            per_window = gflop_attn if gflop_attn is not None else gflop
-            study_gflop = per_window * windows if windows and per_window is not None else None
-            rows.append(SummaryRow(name, source, params, gflop, gflop_attn, cpu_s, window_s, study_gflop))
-            del model
-    finally:
-        torch.set_num_threads(previous_threads)
+    for name in names:
+        source, factory = factories[name]
+        try:
+            params = count_parameters(factory) / 1e6
+        except ImportError as err:  # UNETR and SwinUNETR need MONAI's optional einops
+            warnings.warn(f"skipping {name}: {err}", stacklevel=2)
+            continue
+        flops, flops_attn = network_flops(factory, input_shape, cpu=cpu_flops)
+        gflop = None if flops is None else flops / 1e9
+        gflop_attn = None if flops_attn is None else flops_attn / 1e9
+        per_window = gflop_attn if gflop_attn is not None else gflop
+        study_gflop = per_window * windows if windows and per_window is not None else None
+        rows.append(SummaryRow(name, source, params, gflop, gflop_attn, study_gflop))
     if models is None:  # variants from smallest to largest, references after them
         rows.sort(key=lambda r: (r.source != "refineformer3d", r.params_m if r.source == "refineformer3d" else 0))
     return rows
@@ -285,12 +284,12 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def format_table(rows: Sequence[SummaryRow], markdown: bool = True) -> str:
     """Render rows as a markdown (or plain, aligned) table."""
-    header = ["model", "params (M)", "GFLOP", "GFLOP+attn", "CPU forward (s)"]
-    body = [[r.name, _fmt(r.params_m, 3), _fmt(r.gflop, 2), _fmt(r.gflop_attn, 2), _fmt(r.cpu_s, 3)] for r in rows]
-    if any(r.window_s is not None for r in rows):
-        header += ["GFLOP+attn per study", "CPU sliding window (s)"]
+    header = ["model", "params (M)", "GFLOP", "GFLOP+attn"]
+    body = [[r.name, _fmt(r.params_m, 3), _fmt(r.gflop, 2), _fmt(r.gflop_attn, 2)] for r in rows]
+    if any(r.study_gflop is not None for r in rows):
+        header.append("GFLOP+attn per study")
         for cells, r in zip(body, rows):
-            cells += [_fmt(r.study_gflop, 1), _fmt(r.window_s, 1)]
+            cells.append(_fmt(r.study_gflop, 1))
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -308,11 +307,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--roi", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"))
     parser.add_argument("--in_channels", type=int, default=4)
     parser.add_argument("--out_channels", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per model (their mean is reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--no-time", dest="measure_time", action="store_false", help="skip CPU timing")
     parser.add_argument("--no-references", dest="references", action="store_false", help="skip MONAI's networks")
-    parser.add_argument("--models", nargs="+", default=None, help="names to measure (default: all)")
+    parser.add_argument("--models", nargs="+", default=None, help="names to count (default: all)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument(
         "--volume",
@@ -320,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         nargs=3,
         default=None,
         metavar=("D", "H", "W"),
-        help="also time a whole-volume sliding window (windows of --roi) and count its FLOPs, e.g. 240 240 155",
+        help="also count the FLOPs of a whole-volume sliding window (windows of --roi), e.g. 240 240 155",
     )
     parser.add_argument(
         "--overlap",
@@ -329,7 +325,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         default=[0.5],
         help="the sliding window's overlap: one value, or one per axis (0.5 0.5 0 for slice-wise models)",
     )
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    timing = [option for option in unknown if option.split("=")[0] in _TIMING_OPTIONS]
+    if timing:
+        parser.error(
+            f"{timing[0].split('=')[0]}: nothing is timed here any more; python -m refineformer3d.benchmark times"
+        )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if len(args.overlap) not in (1, len(args.roi)):
         parser.error(f"--overlap takes one value or {len(args.roi)}, got {len(args.overlap)}")
     overlap = args.overlap[0] if len(args.overlap) == 1 else tuple(args.overlap)
@@ -340,26 +343,22 @@ def main(argv: Sequence[str] | None = None) -> str:
         out_channels=args.out_channels,
         models=args.models,
         include_references=args.references,
-        measure_time=args.measure_time,
-        repeats=args.repeats,
-        threads=args.threads,
         volume=args.volume,
         overlap=overlap,
     )
     roi = "x".join(str(s) for s in args.roi)
     notes = (
-        f"Input 1x{args.in_channels}x{roi}, {args.out_channels} classes, torch {torch.__version__}, "
-        f"{args.threads} CPU threads. FLOPs: torch.utils.flop_counter.FlopCounterMode, 2 FLOP per multiply-add. "
-        "GFLOP: counted in a CPU forward (PyTorch's CPU scaled_dot_product_attention is not counted, as in the "
-        "SegFormer3D reference figure); GFLOP+attn: counted on the meta device, attention included. "
-        f"CPU forward: best of {args.repeats} under torch.inference_mode after one warm-up."
+        f"Input 1x{args.in_channels}x{roi}, {args.out_channels} classes, torch {torch.__version__}. "
+        "FLOPs: torch.utils.flop_counter.FlopCounterMode, 2 FLOP per multiply-add; norms, activations and "
+        "interpolation not counted. GFLOP: a CPU forward on fake tensors (PyTorch's CPU scaled_dot_product_attention "
+        "is not counted, as in the SegFormer3D reference figure); GFLOP+attn: counted on the meta device, attention "
+        "included. Times: python -m refineformer3d.benchmark."
     )
     if args.volume:
         windows = count_windows((1, args.in_channels, *args.volume), args.roi, overlap)
         notes += (
-            f" CPU sliding window: one whole {'x'.join(map(str, args.volume))} volume, {windows} windows of {roi}, "
-            f"overlap {' '.join(f'{o:g}' for o in args.overlap)}, Gaussian blending, 1 window per batch; "
-            "GFLOP+attn per study: GFLOP+attn per window times the windows."
+            f" Per study: one whole {'x'.join(map(str, args.volume))} volume, {windows} windows of {roi}, "
+            f"overlap {' '.join(f'{o:g}' for o in args.overlap)}: GFLOP+attn per window times the windows."
         )
     table = format_table(rows, markdown=args.markdown)
     text = f"{table}\n\n{notes}"
