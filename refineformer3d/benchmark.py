@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.benchmark.utils.timer import timer as clock
+from torch.utils.benchmark.utils.timer import timer as clock  # synchronises CUDA
 
 from refineformer3d.io import write_atomically
 from refineformer3d.networks import list_models
@@ -537,7 +537,7 @@ def benchmark(
             gpu = {
                 "device": torch.cuda.get_device_name(),
                 "rows": accelerator_rows(
-                    [n for n in names if n not in REFERENCES or references],
+                    names,
                     "cuda",
                     roi=roi,
                     volume=volume,
