@@ -16,7 +16,7 @@ One run measures, and states in the Markdown's notes:
   one whole-volume sliding window as ``bundle/configs/inference.json``'s inferer runs it (median of
   ``--volume_repeats`` after one warm-up); the peak memory of each; times over SegFormer3D's; achieved GFLOP/s and
   their fraction of the matmul peak; and the physical limit, FLOPs / peak, per window and per volume;
-* the ONNX Runtime fp32 and INT8 (dynamic) paths of ``--onnx`` networks, exported as the bundle exports them;
+* the ONNX Runtime fp32 and INT8 (dynamic, static) paths of ``--onnx`` networks, exported as the bundle exports them;
 * on CUDA: AMP float16 and bfloat16 training steps per second at 2 x 4 x 128^3 (forward, DiceCE, backward, AdamW),
   inference ms per window and per volume and peak GPU memory, each with and without ``torch.compile``.
 
@@ -77,7 +77,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 REFERENCE = "segformer3d"
 #: MONAI's networks, heavy on a CPU (minutes per volume); ``--no-references`` skips them
 REFERENCES = ("SegResNet (MONAI)", "UNETR (MONAI)", "SwinUNETR (MONAI)")
-PYTORCH, ONNX_FP32, ONNX_INT8 = "PyTorch", "ONNX Runtime fp32", "ONNX Runtime INT8 (dynamic)"
+PYTORCH, ONNX_FP32 = "PyTorch", "ONNX Runtime fp32"
+#: INT8 mode of refineformer3d.onnx.quantize -> runtime name
+ONNX_INT8 = {"dynamic": "ONNX Runtime INT8 (dynamic)", "static": "ONNX Runtime INT8 (static)"}
 FP16_ON_CPU = (
     "float16 AMP skipped on the CPU: autocast to float16 has no fast CPU kernels (bfloat16 is the CPU's AMP type)"
 )
@@ -428,6 +430,7 @@ def accelerator_rows(
 def benchmark(
     models: Sequence[str] | None = None,
     onnx: Sequence[str] = ("refineformer3d_small", "refineformer3d_tiny"),
+    int8: Sequence[str] = ("dynamic", "static"),
     references: bool = True,
     roi: Sequence[int] | None = None,
     volume: Sequence[int] | None = (240, 240, 155),
@@ -449,6 +452,7 @@ def benchmark(
     Args:
         models: networks (registry or reference names; default :func:`default_models`).
         onnx: networks whose ONNX Runtime fp32 and INT8 paths are measured too.
+        int8: the INT8 modes of :func:`refineformer3d.onnx.quantize` measured for them.
         references: keep MONAI's SegResNet, UNETR and SwinUNETR (each takes minutes per volume on a CPU).
         roi: the window; ``inference.json``'s ``roi_size`` by default.
         volume: the whole volume's spatial size; ``None`` skips the sliding window.
@@ -480,6 +484,8 @@ def benchmark(
         raise ValueError(f"unknown models {unknown}; known: {', '.join(factories)}")
     counts = {"repeats": repeats, "volume_repeats": volume_repeats, "matmul_repeats": matmul_repeats}
     counts |= {"reference_volume_repeats": reference_volume_repeats, "steps": steps, "train_batch": train_batch}
+    if set(int8) - set(ONNX_INT8):
+        raise ValueError(f"INT8 modes are {', '.join(ONNX_INT8)}, got {', '.join(int8)}")
     if any(v < 1 for v in counts.values()):
         raise ValueError(f"repeats, steps and batches must be at least 1, got {counts}")
     if any(s < 1 for s in [*roi, *(volume or ()), *matmul_sizes]):
@@ -499,7 +505,9 @@ def benchmark(
         rows: list[BenchmarkRow] = []
         tasks = []
         with tempfile.TemporaryDirectory(prefix="refineformer3d-benchmark-") as tmp:
-            for name, runtime in [(n, PYTORCH) for n in names] + [(n, r) for n in onnx for r in (ONNX_FP32, ONNX_INT8)]:
+            runtimes = [(n, PYTORCH) for n in names]
+            runtimes += [(n, r) for n in onnx for r in (ONNX_FP32, *(ONNX_INT8[m] for m in int8))]
+            for name, runtime in runtimes:
                 source, factory = factories[name]
                 flops = network_flops(factory, input_shape, cpu=False)[1]
                 gflop = None if flops is None else flops / 1e9
@@ -517,14 +525,8 @@ def benchmark(
                     "repeats": repeats,
                     "volume_repeats": reference_volume_repeats if name in REFERENCES else volume_repeats,
                 }
-                if runtime == ONNX_FP32:
-                    torch.manual_seed(0)  # random weights: speed does not depend on them
-                    task["onnx"] = str(export_onnx(factory(), Path(tmp) / f"{name}.onnx", input_shape))
-                elif runtime == ONNX_INT8:
-                    from refineformer3d.onnx import quantize
-
-                    fp32 = Path(tmp) / f"{name}.onnx"
-                    task["onnx"] = str(quantize(fp32, Path(tmp) / f"{name}_int8.onnx", mode="dynamic"))
+                if runtime != PYTORCH:
+                    task["onnx"] = str(_onnx_file(name, runtime, factory, Path(tmp), input_shape))
                 rows.append(row)
                 tasks.append(task)
             _run_isolated(rows, tasks)
@@ -568,6 +570,23 @@ def benchmark(
         "skipped": skipped,
         "accelerator": gpu,
     }
+
+
+def _onnx_file(name: str, runtime: str, factory: Callable[[], nn.Module], folder: Path, input_shape) -> Path:
+    """The ONNX file of ``runtime``: fp32 exported first, INT8 quantised from it (its rows follow fp32's)."""
+    from refineformer3d.onnx import calibration_windows, quantize
+
+    fp32 = folder / f"{name}.onnx"
+    if runtime == ONNX_FP32:
+        torch.manual_seed(0)  # random weights: speed does not depend on them
+        return export_onnx(factory(), fp32, input_shape)
+    mode = next(m for m, r in ONNX_INT8.items() if r == runtime)
+    calibration = None
+    if mode == "static":  # activation ranges from noise: the ranges set scales, not the work done
+        generator = torch.Generator().manual_seed(0)
+        images = [torch.randn(tuple(input_shape[1:]), generator=generator) for _ in range(2)]
+        calibration = calibration_windows(images, input_shape[2:], per_image=1)
+    return quantize(fp32, folder / f"{name}_int8_{mode}.onnx", mode=mode, calibration=calibration)
 
 
 def _run_isolated(rows: Sequence[BenchmarkRow], tasks: Sequence[dict[str, Any]]) -> None:
@@ -717,7 +736,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "measured matmul peak. limit: FLOPs / peak, the time at the matmul peak.",
         "- ONNX rows: the network with random weights (speed does not depend on them), exported as the bundle docs "
         "export it (MONAI convert_to_onnx, traced, opset 17) and run by refineformer3d.onnx.OnnxRuntimeNetwork; "
-        "INT8: refineformer3d.onnx.quantize, dynamic (MatMul weights INT8).",
+        "INT8: refineformer3d.onnx.quantize, dynamic (MatMul weights INT8) and static (QDQ Conv and MatMul, "
+        "activation ranges calibrated on two windows of Gaussian noise: the ranges set the scales, not the work).",
     ]
     if report["skipped"]:
         notes.append(f"- Skipped: {'; '.join(report['skipped'])}.")
@@ -737,6 +757,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         nargs="*",
         default=["refineformer3d_small", "refineformer3d_tiny"],
         help="networks whose ONNX Runtime fp32 and INT8 paths are measured (none if given without names)",
+    )
+    parser.add_argument(
+        "--int8", nargs="*", default=list(ONNX_INT8), choices=list(ONNX_INT8), help="INT8 modes of the ONNX rows"
     )
     parser.add_argument(
         "--no-references", dest="references", action="store_false", help="skip " + ", ".join(REFERENCES)
@@ -760,6 +783,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report = benchmark(
             models=args.models,
             onnx=args.onnx,
+            int8=args.int8,
             references=args.references,
             roi=args.roi,
             volume=args.volume,

@@ -48,7 +48,8 @@ def test_rows_measure_every_runtime(report):
         ("refineformer3d_tiny", PYTORCH),
         ("segformer3d", PYTORCH),
         ("refineformer3d_tiny", ONNX_FP32),
-        ("refineformer3d_tiny", ONNX_INT8),
+        ("refineformer3d_tiny", ONNX_INT8["dynamic"]),
+        ("refineformer3d_tiny", ONNX_INT8["static"]),
     ]
     for row in rows.values():
         assert row["error"] is None
@@ -61,7 +62,7 @@ def test_rows_measure_every_runtime(report):
         factory = partial(create_model, row["name"], in_channels=4, out_channels=3)
         assert row["gflop"] * 1e9 == network_flops(factory, (1, 4, 32, 32, 32), cpu=False)[1]
     assert report["machine"]["threads"] == 1
-    assert rows["refineformer3d_tiny", ONNX_INT8]["gflop"] == tiny["gflop"]
+    assert rows["refineformer3d_tiny", ONNX_INT8["static"]]["gflop"] == tiny["gflop"]
 
 
 def test_ratios_fractions_and_limits(report):
@@ -99,6 +100,7 @@ def test_markdown_and_json_written(report, capsys):
         (["--repeats", "0"], "at least 1"),
         (["--models", "nnunet"], "unknown models ['nnunet']"),
         (["--onnx", "nnunet"], "unknown models ['nnunet']"),
+        (["--int8", "int4"], "invalid choice: 'int4'"),
         (["--volume", "64", "0", "48"], "sizes must be positive"),
     ],
 )
