@@ -418,7 +418,7 @@ def accelerator_rows(
                     row |= inference_times(
                         factories[name][1](), device, dtype, roi, volume, settings, in_channels, repeats, compiled
                     )
-                except Exception as err:  # noqa: BLE001 - one failed combination must not lose the others
+                except Exception as err:  # one failed combination must not lose the others
                     row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 finally:
                     if device.type == "cuda":
@@ -600,7 +600,7 @@ def _run_isolated(rows: Sequence[BenchmarkRow], tasks: Sequence[dict[str, Any]])
         try:
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 result = pool.submit(_measure_cpu, task).result()
-        except Exception as err:  # noqa: BLE001 - a network that fails is reported, the others still run
+        except Exception as err:  # a network that fails is reported, the others still run
             row.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             continue
         row.forward_runs = result["forward_runs"]
@@ -630,8 +630,8 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# RefineFormer3D benchmark",
         "",
-        f"{machine['date']}; {machine['cpu']} ({machine['logical_cpus']} logical CPUs), {machine['threads']} torch "
-        f"threads; torch {machine['torch']}; {machine['platform']}.",
+        f"{machine['date']}; {machine['cpu']} ({machine['logical_cpus']} logical CPUs); torch threads: "
+        f"{machine['threads']}; torch {machine['torch']}; {machine['platform']}.",
         f"Measured fp32 matmul peak: **{peak['gflops']:.1f} GFLOP/s** (torch.mm of {peak['size']}^2 matrices, the "
         f"best of {settings['matmul_repeats']} runs at each size tried: {tried} GFLOP/s).",
         "",
@@ -728,8 +728,13 @@ def format_markdown(report: dict[str, Any]) -> str:
         "included; norms, activations and interpolation not counted (as `python -m refineformer3d.summary`). The "
         "ONNX rows repeat their network's FLOPs; INT8 figures are set against the fp32 peak.",
         f"- CPU forward: one 1x{settings['in_channels']}x{roi} input, torch.inference_mode, median of "
-        f"{settings['repeats']} runs after one warm-up. Sliding window: median of {settings['volume_repeats']} "
-        f"({settings['reference_volume_repeats']} for MONAI's references) after one warm-up.",
+        f"{settings['repeats']} runs after one warm-up."
+        + (
+            f" Sliding window: median of {settings['volume_repeats']} ({settings['reference_volume_repeats']} for "
+            "MONAI's references) after one warm-up."
+            if settings["volume"]
+            else ""
+        ),
         "- Peak memory: each network runs in a fresh child process (forked from a server that only imported the "
         "libraries); its peak resident memory (ru_maxrss) minus the level before the network was built: weights, "
         "inputs, outputs and activations. The sliding-window figure is the peak over the forward and the "
