@@ -35,7 +35,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from refineformer3d.networks import create_model, list_models
@@ -128,7 +133,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torc
     """FLOPs (2 per multiply-add) of one forward of a zero input, counted by ``FlopCounterMode``.
 
     No arithmetic runs: on ``"meta"`` none can, elsewhere the forward runs on fake tensors (``FakeTensorMode``) that
-    still dispatch to ``device``'s kernels, so full-size counts take a second. ``model`` must live on ``device``.
+    still dispatch to ``device``'s kernels, so full-size counts take a second. A network whose forward depends on the
+    data (``.item()``, data-dependent shapes) is counted in a real forward instead. ``model`` must live on ``device``.
 
     Returns:
         The FLOPs, and whether a fused attention kernel ran (whose FLOPs are missing from a CPU count).
@@ -148,12 +154,21 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], device: str | torc
         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: fused_cpu_attention,
         torch.ops.aten.addmm_: inplace_addmm,
     }
-    fake = (
-        contextlib.nullcontext() if torch.device(device).type == "meta" else FakeTensorMode(allow_non_fake_inputs=True)
-    )
-    with fake, torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(torch.zeros(tuple(input_shape), device=device))
-    return float(counter.get_total_flops()), bool(fused)
+
+    def count(fake: bool) -> float:
+        fused.clear()
+        mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+        with mode, torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            model(torch.zeros(tuple(input_shape), device=device))
+        return float(counter.get_total_flops())
+
+    if torch.device(device).type == "meta":
+        return count(fake=False), bool(fused)
+    try:
+        flops = count(fake=True)
+    except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException):
+        flops = count(fake=False)
+    return flops, bool(fused)
 
 
 def count_parameters(factory: Callable[[], nn.Module]) -> int:

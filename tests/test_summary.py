@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from refineformer3d.summary import (
     NOT_BY_DEFAULT,
     SummaryRow,
+    count_flops,
     count_windows,
     default_models,
     format_table,
@@ -32,6 +34,20 @@ def test_full_size_counts_run_no_arithmetic():
     (row,) = summary_rows(models=["SegResNet (MONAI)"])
     assert row.source == "MONAI" and row.params_m == pytest.approx(4.70, rel=0.01)
     assert row.gflop == pytest.approx(296.02, abs=0.01) and row.gflop_attn == pytest.approx(row.gflop)
+
+
+def test_data_dependent_forward_is_counted_for_real():
+    """A forward that reads its data (e.g. an early exit) cannot run on fake tensors; it is counted in a real one."""
+
+    class EarlyExit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return x if x.abs().max().item() > 1 else self.linear(x)
+
+    assert count_flops(EarlyExit(), (4, 8)) == (2 * 4 * 8 * 8, False)
 
 
 def test_unknown_model_is_a_value_error():
