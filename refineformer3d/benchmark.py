@@ -783,8 +783,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--matmul_sizes", type=int, nargs="+", default=[2048, 4096])
     parser.add_argument("--matmul_repeats", type=int, default=5)
     parser.add_argument("--config_file", default=str(CONFIGS / "inference.json"), help="its sliding window is run")
-    parser.add_argument("--no-gpu", dest="accelerator", action="store_const", const=False, default=None)
+    parser.add_argument(
+        "--no-gpu", dest="accelerator", action="store_const", const=False, default=None, help="skip the GPU section"
+    )
     parser.add_argument("--steps", type=int, default=5, help="GPU section: timed training steps")
+    parser.add_argument("--train_batch", type=int, default=2, help="GPU section: training batch")
     args = parser.parse_args(argv)
     try:
         report = benchmark(
@@ -803,6 +806,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             config_file=args.config_file,
             accelerator=args.accelerator,
             steps=args.steps,
+            train_batch=args.train_batch,
         )
     except ValueError as err:
         parser.error(str(err))
