@@ -443,7 +443,7 @@ def benchmark(
     in_channels: int = 4,
     out_channels: int = 3,
     config_file: str | os.PathLike = CONFIGS / "inference.json",
-    accelerator: bool | None = None,
+    accelerator: bool = True,
     train_batch: int = 2,
     steps: int = 5,
 ) -> dict[str, Any]:
@@ -465,12 +465,12 @@ def benchmark(
         in_channels: input channels.
         out_channels: classes.
         config_file: the inference config whose sliding window is run.
-        accelerator: measure the GPU section; by default when CUDA is available.
+        accelerator: measure the GPU section (where CUDA is available).
         train_batch: the GPU section's training batch.
         steps: the GPU section's timed training steps.
 
     Returns:
-        ``{"machine", "matmul_peak", "settings", "rows", "skipped", "accelerator", "notes"}``, JSON-ready.
+        ``{"machine", "matmul_peak", "settings", "rows", "skipped", "accelerator"}``, JSON-ready.
 
     Raises:
         ValueError: for unknown names, non-positive repeats or sizes.
@@ -533,9 +533,10 @@ def benchmark(
         reference = next((r for r in rows if r.name == REFERENCE and r.runtime == PYTORCH and r.forward_s), None)
         for row in rows:
             row.derive(peak["gflops"], reference)
-        use_accelerator = torch.cuda.is_available() if accelerator is None else accelerator
         gpu: dict[str, Any] = {"device": None, "rows": [], "skipped": "no GPU in this run"}
-        if use_accelerator:
+        if not accelerator:
+            gpu["skipped"] = "--no-gpu"
+        elif torch.cuda.is_available():
             gpu = {
                 "device": torch.cuda.get_device_name(),
                 "rows": accelerator_rows(
@@ -784,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--matmul_repeats", type=int, default=5)
     parser.add_argument("--config_file", default=str(CONFIGS / "inference.json"), help="its sliding window is run")
     parser.add_argument(
-        "--no-gpu", dest="accelerator", action="store_const", const=False, default=None, help="skip the GPU section"
+        "--no-gpu", dest="accelerator", action="store_false", help="skip the GPU section where CUDA is available"
     )
     parser.add_argument("--steps", type=int, default=5, help="GPU section: timed training steps")
     parser.add_argument("--train_batch", type=int, default=2, help="GPU section: training batch")
