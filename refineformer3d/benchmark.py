@@ -59,6 +59,7 @@ __all__ = [
     "measure_seconds",
     "matmul_peak",
     "inferer_settings",
+    "sliding_window",
     "export_onnx",
     "train_steps",
     "inference_times",
@@ -148,22 +149,28 @@ def matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5) -> dict[s
 
 
 def inferer_settings(config_file: str | os.PathLike = CONFIGS / "inference.json") -> dict[str, Any]:
-    """The sliding window of an inference config: ``roi_size``, ``sw_batch_size``, ``overlap`` and ``mode``."""
+    """The inferer of an inference config: its ``_target_`` and resolved arguments (``roi_size``, ``sw_batch_size``,
+    ``overlap``, ``mode`` and whatever else it sets), for :func:`sliding_window` to rebuild in another process.
+
+    Raises:
+        ValueError: if the inferer is not a sliding window.
+    """
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(config_file))
-    target = parser["inferer"]["_target_"]
-    if not str(target).endswith("SlidingWindowInferer"):
-        raise ValueError(f"{config_file}: the inferer is {target}, not a SlidingWindowInferer")
-    keys = ("roi_size", "sw_batch_size", "overlap", "mode")
-    return {key: parser.get_parsed_content(f"inferer#{key}") for key in keys}
+    config = parser["inferer"]
+    if not str(config["_target_"]).endswith("SlidingWindowInferer"):
+        raise ValueError(f"{config_file}: the inferer is {config['_target_']}, not a sliding window")
+    keys = [k for k in config if not k.startswith("_")]
+    return {"_target_": config["_target_"], **{k: parser.get_parsed_content(f"inferer#{k}") for k in keys}}
 
 
-def _sliding_window(roi: Sequence[int], settings: dict[str, Any]):
-    from monai.inferers import SlidingWindowInferer
+def sliding_window(roi: Sequence[int], settings: dict[str, Any]):
+    """The inferer of :func:`inferer_settings` with windows of ``roi``, built as MONAI's config parser builds it."""
+    from monai.bundle import ConfigParser
 
-    return SlidingWindowInferer(**{**settings, "roi_size": tuple(roi)})
+    return ConfigParser({"inferer": {**settings, "roi_size": list(roi)}}).get_parsed_content("inferer")
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int]) -> Path:
@@ -251,7 +258,7 @@ def _measure_cpu(task: dict[str, Any]) -> dict[str, Any]:
         result["forward_runs"] = measure_seconds(lambda: model(x), task["repeats"])
         result["forward_peak_mib"] = _max_rss_mib() - baseline
         if task["volume"]:
-            inferer = _sliding_window(task["roi"], task["inferer"])
+            inferer = sliding_window(task["roi"], task["inferer"])
             volume = torch.randn(1, task["in_channels"], *task["volume"])
             result["volume_runs"] = measure_seconds(lambda: inferer(volume, model), task["volume_repeats"])
             # the peak since the baseline: a sliding window runs forwards of sw_batch_size windows, so its peak is
@@ -363,7 +370,7 @@ def inference_times(
         result["window_ms"] = 1e3 * statistics.median(measure_seconds(lambda: network(x), repeats))
         result["window_peak_mib"] = _peak_mib(device)
         if volume:
-            inferer = _sliding_window(roi, settings or inferer_settings())
+            inferer = sliding_window(roi, settings or inferer_settings())
             v = torch.randn(1, in_channels, *volume, device=device)
             _reset_peak(device)
             result["volume_ms"] = 1e3 * statistics.median(measure_seconds(lambda: inferer(v, network), repeats))
@@ -665,8 +672,10 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"## One whole {settings['in_channels']}x{volume} volume (CPU sliding window)",
             "",
             f"{rows[0].windows if rows else '-'} windows of {roi}, overlap {inferer['overlap']}, {inferer['mode']} "
-            f"blending, {inferer['sw_batch_size']} windows per batch: MONAI's SlidingWindowInferer as "
-            f"{Path(settings['config_file']).name} configures it. GFLOP: per window times the windows.",
+            f"blending, {inferer['sw_batch_size']} windows per batch: {inferer['_target_']} as "
+            f"{Path(settings['config_file']).name} configures it ("
+            + ", ".join(f"{k} {v}" for k, v in inferer.items() if k not in ("_target_", "roi_size"))
+            + "). GFLOP: per window times the windows.",
             "",
         ]
         header = ["model", "runtime", "GFLOP", "sliding window (s)", "/ SegFormer3D", "GFLOP/s", "of peak"]

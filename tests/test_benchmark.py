@@ -90,6 +90,7 @@ def test_markdown_and_json_written(report, capsys):
     assert "| refineformer3d_tiny | ONNX Runtime INT8 (dynamic) |" in markdown
     assert "FlopCounterMode" in markdown and "ru_maxrss" in markdown and "torch.mm of" in markdown
     assert "2 windows of 32x32x32, overlap 0.5, gaussian blending, 2 windows per batch" in markdown
+    assert "as inference.json configures it" in markdown and report["settings"]["inferer"]["roi_size"] == [32] * 3
     if not torch.cuda.is_available():
         assert "no GPU in this run" in markdown and report["accelerator"]["rows"] == []
 
