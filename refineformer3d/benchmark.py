@@ -751,11 +751,15 @@ def format_markdown(report: dict[str, Any]) -> str:
         "sliding window.",
         "- / SegFormer3D: time over SegFormer3D's in this run (below 1 is faster). of peak: achieved GFLOP/s over the "
         "measured matmul peak. limit: FLOPs / peak, the time at the matmul peak.",
-        "- ONNX rows: the network with random weights (speed does not depend on them), exported as the bundle docs "
-        "export it (MONAI convert_to_onnx, traced, opset 17) and run by refineformer3d.onnx.OnnxRuntimeNetwork; "
-        "INT8: refineformer3d.onnx.quantize, dynamic (MatMul weights INT8) and static (QDQ Conv and MatMul, "
-        "activation ranges calibrated on two windows of Gaussian noise: the ranges set the scales, not the work).",
     ]
+    if any(r.runtime != PYTORCH for r in rows):
+        notes.append(
+            "- ONNX rows: the network with random weights (speed does not depend on them), exported as the bundle "
+            "docs export it (MONAI convert_to_onnx, traced, opset 17) and run by "
+            "refineformer3d.onnx.OnnxRuntimeNetwork; INT8: refineformer3d.onnx.quantize, dynamic (MatMul weights "
+            "INT8) and static (QDQ Conv and MatMul, "
+            "activation ranges calibrated on two windows of Gaussian noise: the ranges set the scales, not the work)."
+        )
     if report["skipped"]:
         notes.append(f"- Skipped: {'; '.join(report['skipped'])}.")
     failed = [f"{r.name} ({r.runtime}): {r.error}" for r in rows if r.error]
