@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
 
@@ -233,3 +234,57 @@ def test_full_size_case_takes_seconds():
     start = time.perf_counter()
     make_case(0, 2)
     assert time.perf_counter() - start < 10
+
+
+def test_default_marker_names_no_recipe(dataset):
+    """Default datasets keep the marker (and so the cache) they had before recipes existed."""
+    marker = json.loads((dataset / "synthetic.json").read_text())
+    assert "recipe" not in marker and "contrast_jitter" not in marker
+
+
+def test_shifted_recipe_differs_and_labels_stay_valid(tmp_path):
+    root = make_dataset(tmp_path / "ood", cases=2, validation_cases=0, seed=0, shape=SHAPE, recipe="shifted")
+    assert json.loads((root / "synthetic.json").read_text())["recipe"] == "shifted"
+    ratios = {}
+    for recipe in synthetic.RECIPES:
+        cases = [make_case(0, i, SHAPE, recipe=recipe) for i in (1, 3, 4, 5)]
+        for case in cases:
+            assert set(np.unique(case.label)) <= {0, 1, 2, 4}
+            assert np.isin(case.label, (1, 4)).any() and (case.label == 2).any()
+            assert (case.images[:, case.label > 0] > 0).all()  # tumour lies inside the brain
+        flair = [
+            (c.images[0][c.label == 2].mean(), c.images[0][(c.label == 0) & (c.tissue == 3)].mean()) for c in cases
+        ]
+        ratios[recipe] = np.mean([edema / wm for edema, wm in flair])
+    shifted, default = make_case(0, 1, SHAPE, recipe="shifted"), make_case(0, 1, SHAPE)
+    assert not np.array_equal(shifted.label, default.label)
+    assert ratios["shifted"] < ratios["default"] - 0.15  # FLAIR edema much less bright against white matter
+
+
+def test_thick_slices_smooth_one_axis_only():
+    from refineformer3d.data.synthetic.phantom import _thick_slices
+
+    volume = np.random.default_rng(0).standard_normal((40, 41, 42)).astype(np.float32)
+    thick = _thick_slices(volume, axis=1, thickness=4)
+    assert thick.shape == volume.shape
+    assert np.abs(np.diff(thick, axis=1)).mean() < 0.5 * np.abs(np.diff(thick, axis=0)).mean()
+    np.testing.assert_allclose(np.take(thick, [0, 4, 8], axis=1).std(), np.take(thick, [0, 4, 8], axis=1).std())
+
+
+def test_contrast_jitter_changes_intensities_only():
+    plain, jittered = make_case(0, 3, SHAPE), make_case(0, 3, SHAPE, contrast_jitter=0.3)
+    assert np.array_equal(plain.label, jittered.label) and np.array_equal(plain.tissue, jittered.tissue)
+    assert np.array_equal(plain.images > 0, jittered.images > 0)
+    ratio = jittered.images[:, plain.label == 2].mean(axis=1) / plain.images[:, plain.label == 2].mean(axis=1)
+    assert np.abs(np.log(ratio)).max() > 0.03
+    assert np.array_equal(make_case(0, 3, SHAPE, contrast_jitter=0.0).images, plain.images)
+
+
+def test_recipe_bad_arguments(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown recipe"):
+        make_case(0, 1, SHAPE, recipe="other")
+    with pytest.raises(ValueError, match="contrast_jitter"):
+        ensure_dataset(tmp_path, cases=1, validation_cases=0, shape=SHAPE, contrast_jitter=-1)
+    assert synthetic.main(["--output", str(tmp_path / "out"), "--contrast_jitter", "-0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: contrast_jitter") and err.count("\n") == 1 and not (tmp_path / "out").exists()

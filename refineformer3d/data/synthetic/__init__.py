@@ -12,7 +12,7 @@ field, Rician noise and per-case intensity scaling. Images are int16, labels uin
 Command line::
 
     python -m refineformer3d.data.synthetic --output DIR --cases 20 --validation_cases 5 --seed 0 \\
-        [--shape 240 240 155] [--preview] [--overwrite]
+        [--shape 240 240 155] [--preview] [--overwrite] [--recipe default|shifted] [--contrast_jitter 0.3]
 
 writes::
 
@@ -23,10 +23,15 @@ writes::
 
 The same seed gives the same bytes. Case ``i`` draws all its randomness from ``numpy.random.default_rng([seed, 0, i])``
 (validation cases from ``[seed, 1, i]``), so a case does not depend on how many cases are made.
+
+``--recipe shifted`` makes out-of-distribution studies from the same brains: another contrast table, tumours of two
+to four lobes with other core and edema proportions, more noise, a stronger bias field and thick slices (3-5 voxels
+along a random axis). ``--contrast_jitter J`` randomises the default table per study (training data). Neither changes
+the default dataset's bytes or its cache.
 """
 
 from .cli import main
 from .dataset import ensure_dataset, make_dataset
-from .phantom import MODALITIES, SyntheticCase, make_case
+from .phantom import MODALITIES, RECIPES, SyntheticCase, make_case
 
-__all__ = ["MODALITIES", "SyntheticCase", "make_case", "make_dataset", "ensure_dataset", "main"]
+__all__ = ["MODALITIES", "RECIPES", "SyntheticCase", "make_case", "make_dataset", "ensure_dataset", "main"]

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .dataset import make_dataset
-from .phantom import BRATS_SHAPE
+from .phantom import BRATS_SHAPE, RECIPES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,10 +23,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=list(BRATS_SHAPE), metavar=("X", "Y", "Z"))
     parser.add_argument("--preview", action="store_true", help="write preview/<case>.png (needs matplotlib)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="default",
+        help="shifted: other contrasts, lobed tumours, more noise and bias, thick slices (out-of-distribution tests)",
+    )
+    parser.add_argument(
+        "--contrast_jitter",
+        type=float,
+        default=0.0,
+        help="randomise the contrast table per study, each entry times exp(U(-j, j)) (training data; e.g. 0.3)",
+    )
     args = parser.parse_args(argv)
     try:
         root = make_dataset(
-            args.output, args.cases, args.validation_cases, args.seed, args.shape, args.preview, args.overwrite
+            args.output,
+            args.cases,
+            args.validation_cases,
+            args.seed,
+            args.shape,
+            args.preview,
+            args.overwrite,
+            args.recipe,
+            args.contrast_jitter,
         )
     except (ValueError, OSError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -15,7 +15,7 @@ import numpy as np
 
 from refineformer3d.io import file_lock
 
-from .phantom import BRATS_SHAPE, MODALITIES, _check_shape, make_case
+from .phantom import BRATS_SHAPE, MODALITIES, _check_recipe, _check_shape, make_case
 from .preview import _save_preview
 
 logger = logging.getLogger(__name__)
@@ -36,14 +36,23 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(image, path)
 
 
-def _write_dataset(root: Path, cases: int, validation_cases: int, seed: int, shape: tuple, preview: bool) -> None:
+def _write_dataset(
+    root: Path,
+    cases: int,
+    validation_cases: int,
+    seed: int,
+    shape: tuple,
+    preview: bool,
+    recipe: str = "default",
+    contrast_jitter: float = 0.0,
+) -> None:
     total, done = cases + validation_cases, 0
     logger.info(
         "making %d synthetic studies of %s voxels in %s (once; reused after)", total, "x".join(map(str, shape)), root
     )
     for validation, count in ((False, cases), (True, validation_cases)):
         for index in range(1, count + 1):
-            case = make_case(seed, index, shape, validation=validation)
+            case = make_case(seed, index, shape, validation, recipe, contrast_jitter)
             done += 1
             logger.info("synthetic study %d/%d: %s", done, total, case.name)
             folder = root / VALIDATION_DIR / case.name if validation else root / TRAINING_DIR / case.grade / case.name
@@ -56,11 +65,14 @@ def _write_dataset(root: Path, cases: int, validation_cases: int, seed: int, sha
                 (root / "preview").mkdir(exist_ok=True)
                 _save_preview(case, root / "preview" / f"{case.name}.png")
     # Written last: a dataset with this file is complete.
-    (root / MARKER_FILE).write_text(json.dumps(_parameters(cases, validation_cases, seed, shape), indent=2) + "\n")
+    parameters = _parameters(cases, validation_cases, seed, shape, recipe, contrast_jitter)
+    (root / MARKER_FILE).write_text(json.dumps(parameters, indent=2) + "\n")
 
 
-def _parameters(cases: int, validation_cases: int, seed: int, shape: tuple) -> dict:
-    return {
+def _parameters(
+    cases: int, validation_cases: int, seed: int, shape: tuple, recipe: str = "default", contrast_jitter: float = 0.0
+) -> dict:
+    parameters = {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "cases": cases,
@@ -68,6 +80,17 @@ def _parameters(cases: int, validation_cases: int, seed: int, shape: tuple) -> d
         "seed": seed,
         "shape": list(shape),
     }
+    # Named only when not the default, so the default datasets made before these options stay valid caches.
+    if recipe != "default":
+        parameters["recipe"] = recipe
+    if contrast_jitter:
+        parameters["contrast_jitter"] = float(contrast_jitter)
+    return parameters
+
+
+def _variant(recipe: str, contrast_jitter: float) -> str:
+    """The cache folder's suffix for a non-default recipe or jitter; empty for the default."""
+    return ("" if recipe == "default" else f"-{recipe}") + (f"-j{contrast_jitter:g}" if contrast_jitter else "")
 
 
 def _check_counts(cases: int, validation_cases: int, seed: int) -> None:
@@ -87,6 +110,8 @@ def make_dataset(
     shape: Sequence[int] = BRATS_SHAPE,
     preview: bool = False,
     overwrite: bool = False,
+    recipe: str = "default",
+    contrast_jitter: float = 0.0,
 ) -> Path:
     """Writes a synthetic dataset in the BraTS 2017 layout.
 
@@ -102,18 +127,23 @@ def make_dataset(
         shape: grid size; smaller than 240x240x155 scales the brain down (fast test data).
         preview: also write ``preview/<case>.png`` slices (needs matplotlib).
         overwrite: replace an existing non-empty ``output_dir``.
+        recipe: ``"default"``, or ``"shifted"`` (out-of-distribution studies; see
+            :func:`~refineformer3d.data.synthetic.make_case`).
+        contrast_jitter: randomise the contrast table per study by ``exp(U(-j, j))`` per entry (training data).
 
     Returns:
         The dataset root.
 
     Raises:
-        ValueError: for bad counts, seed or shape, or an existing non-empty ``output_dir`` without ``overwrite``.
+        ValueError: for bad counts, seed, shape, recipe or jitter, or an existing non-empty ``output_dir`` without
+            ``overwrite``.
 
     Example:
         >>> root = make_dataset("/tmp/brats_synthetic", cases=4, validation_cases=1, shape=(64, 64, 48))
     """
     shape = _check_shape(shape)
     _check_counts(cases, validation_cases, seed)
+    _check_recipe(recipe, contrast_jitter)
     output = Path(output_dir).expanduser().absolute()
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} exists and is not a folder")
@@ -122,7 +152,7 @@ def make_dataset(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = _new_folder(output.parent, f".{output.name}.tmp")
     try:
-        _write_dataset(staging, cases, validation_cases, seed, shape, preview)
+        _write_dataset(staging, cases, validation_cases, seed, shape, preview, recipe, contrast_jitter)
         _move_into_place(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -164,6 +194,8 @@ def ensure_dataset(
     validation_cases: int = 5,
     seed: int = 0,
     shape: Sequence[int] = BRATS_SHAPE,
+    recipe: str = "default",
+    contrast_jitter: float = 0.0,
 ) -> str:
     """Returns the root of a cached synthetic dataset, generating it on first use.
 
@@ -177,21 +209,25 @@ def ensure_dataset(
         validation_cases: unlabelled validation cases.
         seed: dataset seed.
         shape: grid size.
+        recipe: ``"default"`` or ``"shifted"`` (see :func:`make_dataset`).
+        contrast_jitter: per-study contrast randomisation (see :func:`make_dataset`).
 
     Returns:
         The dataset root, as a string (ready for the bundle config).
 
     Raises:
-        ValueError: for bad counts, seed or shape.
+        ValueError: for bad counts, seed, shape, recipe or jitter.
     """
     shape = _check_shape(shape)
     _check_counts(cases, validation_cases, seed)
+    _check_recipe(recipe, contrast_jitter)
     if cache_dir is None:
         cache_dir = os.environ.get("REFINEFORMER3D_CACHE") or Path.home() / ".cache" / "refineformer3d"
     cache = Path(cache_dir).expanduser().absolute()
     name = f"brats17-synthetic-g{GENERATOR_VERSION}-c{cases}-v{validation_cases}-s{seed}-{'x'.join(map(str, shape))}"
+    name += _variant(recipe, contrast_jitter)
     root = cache / name
-    parameters = _parameters(cases, validation_cases, seed, shape)
+    parameters = _parameters(cases, validation_cases, seed, shape, recipe, contrast_jitter)
     if _is_complete(root, parameters):
         return str(root)
     cache.mkdir(parents=True, exist_ok=True)
@@ -200,7 +236,7 @@ def ensure_dataset(
             return str(root)
         staging = _new_folder(cache, f".{name}.tmp")
         try:
-            _write_dataset(staging, cases, validation_cases, seed, shape, preview=False)
+            _write_dataset(staging, cases, validation_cases, seed, shape, False, recipe, contrast_jitter)
             # Where the file system refuses locks, another process may have finished meanwhile; its dataset is as good.
             if not _is_complete(root, parameters):
                 if root.exists():  # an incomplete folder of this name, say copied by hand

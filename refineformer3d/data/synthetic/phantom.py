@@ -31,6 +31,21 @@ _CONTRAST = np.array(
 )
 # White-matter level in the written int16 images, per modality (per-case scaling is drawn from these ranges).
 _WM_LEVEL = ((250.0, 600.0), (350.0, 900.0), (350.0, 1000.0), (150.0, 500.0))
+# The "shifted" recipe's table, for out-of-distribution tests: the same tissues and the same signs of contrast
+# against white matter, other values. Edema is dimmer than the non-enhancing core on FLAIR and closer to necrosis
+# on T2, the rim enhances less, necrosis is less dark on T1: a network that learnt the default table's levels
+# rather than the anatomy (a bright rim around a dark core, edema spreading along white matter) is caught out.
+_CONTRAST_SHIFTED = np.array(
+    [
+        # csf   gm    wm    nec   enh   edema non-enh
+        [0.22, 1.08, 1.00, 1.30, 1.35, 1.50, 1.80],  # FLAIR
+        [0.38, 0.80, 1.00, 0.58, 0.92, 0.86, 0.70],  # T1
+        [0.40, 0.84, 1.00, 0.58, 1.65, 0.90, 0.72],  # T1ce
+        [2.20, 1.30, 1.00, 2.05, 1.35, 1.75, 1.55],  # T2
+    ],
+    dtype=np.float32,
+)
+RECIPES = ("default", "shifted")
 _LGG_EVERY = 4  # cases 2, 6, 10, ... are LGG: 3 HGG to 1 LGG, as BraTS 2017's 210:75
 
 
@@ -95,6 +110,13 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return shape
 
 
+def _check_recipe(recipe: str, contrast_jitter: float) -> None:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {list(RECIPES)}")
+    if not contrast_jitter >= 0:
+        raise ValueError(f"contrast_jitter must be >= 0, got {contrast_jitter}")
+
+
 def _box(low: np.ndarray, high: np.ndarray, origin: np.ndarray | None = None) -> tuple[slice, ...]:
     """Slices for the voxels ``low <= i < high``, relative to ``origin`` when given."""
     origin = np.zeros(3, dtype=int) if origin is None else origin
@@ -118,6 +140,9 @@ class _Tumour:
     edema_reach: float  # how far edema goes beyond the core in white matter, output voxels
     necrosis_ratio: float  # necrosis radius over core radius
     mass_effect: float  # 0 (none) to 1
+    # Extra ellipsoidal lobes of the core (the "shifted" recipe): centre offsets and semi-axes in the core's rotated
+    # frame, output voxels, each (3,).
+    lobes: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 def _draw_tumour(rng: np.random.Generator, grade: str, brain_scale: float) -> _Tumour:
@@ -131,6 +156,27 @@ def _draw_tumour(rng: np.random.Generator, grade: str, brain_scale: float) -> _T
     necrosis_ratio = rng.uniform(0.35, 0.75) if hgg else rng.uniform(0.2, 0.5)
     mass_effect = rng.uniform(0.25, 0.5) if hgg else rng.uniform(0.1, 0.3)
     return _Tumour(enhancing, radius, axes, rotation, edema_reach, necrosis_ratio, mass_effect)
+
+
+def _draw_shifted_tumour(rng: np.random.Generator, grade: str, brain_scale: float) -> _Tumour:
+    """The "shifted" recipe's tumour: two to four lobes, other core, necrosis and edema proportions.
+
+    Every lobe stays within 2 core radii of the centre (the reach ``make_case`` allows the core).
+    """
+    hgg = grade == "HGG"
+    enhancing = bool(rng.random() < (0.8 if hgg else 0.4))
+    radius = (rng.uniform(8.0, 20.0) if hgg else rng.uniform(7.0, 14.0)) * brain_scale
+    axes = radius * rng.uniform(0.6, 1.0, size=3)
+    rotation = Rotation.random(random_state=rng).as_matrix()
+    edema_reach = rng.uniform(3.0, 32.0) * brain_scale
+    necrosis_ratio = rng.uniform(0.2, 0.6)
+    mass_effect = rng.uniform(0.1, 0.45)
+    lobes = []
+    for _ in range(rng.integers(1, 4)):
+        direction = rng.standard_normal(3)
+        offset = direction / np.linalg.norm(direction) * radius * rng.uniform(0.4, 0.7)
+        lobes.append((offset.astype(np.float32), (radius * rng.uniform(0.4, 0.75, size=3)).astype(np.float32)))
+    return _Tumour(enhancing, radius, axes, rotation, edema_reach, necrosis_ratio, mass_effect, tuple(lobes))
 
 
 def _draw_pose(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
@@ -217,10 +263,14 @@ def _tumour_parts(
     offsets = [
         g.astype(np.float32) - np.float32(c) for g, c in zip(np.ogrid[_box(low, low + shape)], centre, strict=True)
     ]
-    local = [sum(tumour.rotation[b, a] * offsets[b] for b in range(3)) / tumour.axes[a] for a in range(3)]
+    rotated = [sum(tumour.rotation[b, a] * offsets[b] for b in range(3)) for a in range(3)]
+    local = [rotated[a] / tumour.axes[a] for a in range(3)]
     coarse = _smooth_noise(rng, shape, max(2.0, 0.7 * tumour.radius), channels=4)
     fine = _smooth_noise(rng, shape, max(1.5, 0.25 * tumour.radius), channels=2)
     rho = np.sqrt(local[0] ** 2 + local[1] ** 2 + local[2] ** 2)
+    for offset, semi_axes in tumour.lobes:  # the union of the lobes: the least normalised radius
+        lobe = sum(((rotated[a] - offset[a]) / semi_axes[a]) ** 2 for a in range(3))
+        rho = np.minimum(rho, np.sqrt(lobe))
     rho /= np.clip(1 + 0.25 * coarse[0] + 0.12 * fine[0], 0.5, 1.6)  # irregular outline
     brain = t1 > _BRAIN_THRESHOLD
     core = (rho < 1.0) & brain
@@ -260,6 +310,9 @@ def _modalities(
     parts: dict[str, np.ndarray],
     texture: np.ndarray,
     part_box: tuple[slice, ...],
+    recipe: str = "default",
+    contrast_jitter: float = 0.0,
+    jitter_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Four int16 modalities for the brain box, zero outside the brain.
 
@@ -268,14 +321,26 @@ def _modalities(
         brain: brain mask of the box.
         parts, texture: soft masks of the tumour tissues and their texture (see ``_tumour_parts``), for the voxels
             ``part_box`` of the box.
+        recipe: ``"default"``, or ``"shifted"``: its contrast table, more noise, a stronger bias field and thick
+            slices along a random axis.
+        contrast_jitter: each entry of the contrast table is scaled by ``exp(U(-j, j))`` drawn from ``jitter_rng``,
+            so that a network cannot learn one table's levels; 0 leaves the case as it was.
 
     Returns:
         (4, *box_shape) int16.
     """
+    shifted = recipe == "shifted"
+    table = _CONTRAST_SHIFTED if shifted else _CONTRAST
     levels = np.array(_template().levels, dtype=np.float32)
-    contrast = _CONTRAST * rng.uniform(0.93, 1.07, size=_CONTRAST.shape).astype(np.float32)
+    contrast = table * rng.uniform(0.93, 1.07, size=table.shape).astype(np.float32)
+    if contrast_jitter > 0:
+        # A stream of its own: the rest of the case stays what it is without jitter.
+        contrast *= np.exp(jitter_rng.uniform(-contrast_jitter, contrast_jitter, size=table.shape)).astype(np.float32)
     wm_level = np.array([rng.uniform(*r) for r in _WM_LEVEL], dtype=np.float32)
-    noise = np.float32(rng.uniform(0.015, 0.04))
+    noise = np.float32(rng.uniform(0.04, 0.08) if shifted else rng.uniform(0.015, 0.04))
+    bias_std = np.array([0.08, 0.08, 0.08, 0.05, 0.05, 0.05, 0.04, 0.04, 0.04]) * (2.5 if shifted else 1.0)
+    if shifted:  # a 2D acquisition: slices 3 to 5 voxels thick along one axis
+        slice_axis, slice_thickness = int(rng.integers(3)), int(rng.integers(3, 6))
     amount = np.clip(sum(parts.values()), 0, 1)
     xyz = [
         np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape([-1 if i == a else 1 for i in range(3)])
@@ -289,7 +354,7 @@ def _modalities(
         tumour = sum(v * contrast[m, _TISSUES.index(k)] for k, v in parts.items()) * texture
         signal[part_box] = (1 - amount) * signal[part_box] + tumour
         # Bias field: exp of a random quadratic, different for each sequence.
-        c = rng.normal(0.0, [0.08, 0.08, 0.08, 0.05, 0.05, 0.05, 0.04, 0.04, 0.04]).astype(np.float32)
+        c = rng.normal(0.0, bias_std).astype(np.float32)
         log_bias = (
             c[0] * xyz[0]
             + c[1] * xyz[1]
@@ -301,7 +366,10 @@ def _modalities(
             + c[7] * xyz[0] * xyz[2]
             + c[8] * xyz[1] * xyz[2]
         )
-        values = signal[inside] * np.exp(log_bias[inside])
+        if shifted:
+            values = _thick_slices(signal * np.exp(log_bias), slice_axis, slice_thickness)[inside]
+        else:
+            values = signal[inside] * np.exp(log_bias[inside])
         # Rician noise: the magnitude of the signal plus complex Gaussian noise.
         real = values + noise * rng.standard_normal(values.shape, dtype=np.float32)
         imaginary = noise * rng.standard_normal(values.shape, dtype=np.float32)
@@ -311,8 +379,35 @@ def _modalities(
     return images
 
 
+def _thick_slices(volume: np.ndarray, axis: int, thickness: int) -> np.ndarray:
+    """Simulates an acquisition with slices ``thickness`` voxels thick along ``axis``, resampled back to the grid.
+
+    Each slice averages its slab (a Gaussian slice profile whose FWHM is the thickness); the grid is then filled by
+    linear interpolation between slice centres, as a scanner's reformat would.
+
+    Args:
+        volume: (X, Y, Z) float32.
+
+    Returns:
+        (X, Y, Z) float32.
+    """
+    blurred = ndimage.gaussian_filter1d(volume, thickness / 2.355, axis=axis, mode="nearest")
+    centres = np.arange(0, volume.shape[axis], thickness)
+    slices = np.take(blurred, centres, axis=axis)
+    position = np.arange(volume.shape[axis], dtype=np.float32) / thickness
+    below = np.minimum(np.floor(position).astype(int), len(centres) - 1)
+    above = np.minimum(below + 1, len(centres) - 1)
+    weight = np.clip(position - below, 0, 1).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
+    return (1 - weight) * np.take(slices, below, axis=axis) + weight * np.take(slices, above, axis=axis)
+
+
 def make_case(
-    seed: int = 0, index: int = 1, shape: Sequence[int] = BRATS_SHAPE, validation: bool = False
+    seed: int = 0,
+    index: int = 1,
+    shape: Sequence[int] = BRATS_SHAPE,
+    validation: bool = False,
+    recipe: str = "default",
+    contrast_jitter: float = 0.0,
 ) -> SyntheticCase:
     """Generates one study in memory.
 
@@ -321,22 +416,29 @@ def make_case(
         index: case number, from 1.
         shape: grid size in voxels; below BraTS's 240x240x155 the whole brain is scaled down to fit.
         validation: draw from the validation stream (names ``Brats17_SYNVAL_*``) instead of the training one.
+        recipe: ``"default"``, or ``"shifted"`` for out-of-distribution tests: another contrast table, tumours of two
+            to four lobes with other core, necrosis and edema proportions, more noise, a stronger bias field and
+            slices 3 to 5 voxels thick along a random axis.
+        contrast_jitter: randomises the contrast table per study, each entry scaled by ``exp(U(-j, j))`` (training
+            data that does not teach one table's levels; 0.3 is about +-35 %). 0 gives the same case as before.
 
     Returns:
         The study; see :class:`SyntheticCase`.
 
     Raises:
-        ValueError: for a negative seed or index below 1, or a shape smaller than 32 voxels.
+        ValueError: for a negative seed or index below 1, a shape smaller than 32 voxels, an unknown recipe or a
+            negative contrast jitter.
     """
     shape = _check_shape(shape)
     if seed < 0 or index < 1:
         raise ValueError(f"seed must be >= 0 and index >= 1, got seed={seed}, index={index}")
+    _check_recipe(recipe, contrast_jitter)
     rng = np.random.default_rng([seed, int(validation), index])
     grade = "LGG" if index % _LGG_EVERY == 2 else "HGG"
     name = f"Brats17_{'SYNVAL' if validation else 'SYN'}_{index:04d}_1"
     template = _template()
     matrix, brain_scale = _draw_pose(rng, shape)
-    tumour = _draw_tumour(rng, grade, brain_scale)
+    tumour = (_draw_shifted_tumour if recipe == "shifted" else _draw_tumour)(rng, grade, brain_scale)
     centre = np.linalg.solve(matrix[:3, :3], _draw_centre(rng, tumour, brain_scale) - matrix[:3, 3])
 
     # Only the box that can hold the brain is computed: the template's bounding box mapped out, plus the warps.
@@ -359,7 +461,10 @@ def make_case(
     part_box = _box(part_low, part_high, low)
     part_label, parts, texture = _tumour_parts(rng, tumour, centre, part_low, t1[part_box], brain_scale)
     images = np.zeros((4, *shape), dtype=np.int16)
-    images[(slice(None), *_box(low, high))] = _modalities(rng, t1, brain, parts, texture, part_box)
+    jitter_rng = np.random.default_rng([seed, int(validation), index, 1])
+    images[(slice(None), *_box(low, high))] = _modalities(
+        rng, t1, brain, parts, texture, part_box, recipe, contrast_jitter, jitter_rng
+    )
     label = np.zeros(shape, dtype=np.uint8)
     label[_box(part_low, part_high)] = part_label
     levels = _template().levels
