@@ -112,3 +112,39 @@ def test_small_enhancing_tumour_becomes_necrosis_in_the_regions_scheme():
     assert (out[0, 14:16, 14:16, 14:16] == 4).all(), "above the threshold: kept"
     out = _lesion_postprocessing(label_scheme="classes", min_enhancing_ml=0.01)({"pred": _label()})["pred"]
     assert set(torch.unique(out).tolist()) == {0.0, 1.0, 2.0}, "the classes scheme has no enhancing label to move"
+
+
+@pytest.mark.parametrize("overlays", [("augment.json",), ("regions.json", "augment.json")], ids=["classes", "regions"])
+def test_augment_overlay_adds_its_transforms_after_the_crop(tiny_brats, overlays):
+    from monai.transforms import RandCropByPosNegLabeld
+
+    parser = _parser(tiny_brats, *overlays, roi_size=[32, 32, 32])
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    crop = names.index("RandCropByPosNegLabeld")
+    added = [
+        "RandAffined",
+        "RandSimulateLowResolutiond",
+        "RandBiasFieldd",
+        "RandAdjustContrastd",
+        "RandHistogramShiftd",
+        "RandGaussianNoised",
+    ]
+    assert names[crop + 1 : crop + 1 + len(added)] == added and names[crop + 1 + len(added)] == "RandFlipd"
+    # Every transform applied, whatever the draw: probabilities 1.
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    for transform in preprocessing.transforms:
+        if not isinstance(transform, RandCropByPosNegLabeld) and hasattr(transform, "prob"):
+            transform.prob = 1.0
+            for inner in vars(transform).values():
+                if hasattr(inner, "prob"):
+                    inner.prob = 1.0
+    preprocessing.set_random_state(0)
+    plain = _parser(tiny_brats, *overlays[:-1], roi_size=[32, 32, 32]).get_parsed_content("train#preprocessing")
+    plain.set_random_state(0)
+    entry = parser.get_parsed_content("train_datalist")[0]
+    samples, reference = preprocessing(entry), plain(entry)
+    values = {0.0, 1.0} if "regions.json" in overlays else {0.0, 1.0, 2.0}
+    for sample, before in zip(samples, reference, strict=True):
+        assert sample["image"].shape == before["image"].shape == (4, 32, 32, 32)
+        assert torch.isfinite(sample["image"]).all() and not torch.equal(sample["image"], before["image"])
+        assert set(torch.unique(sample["label"]).tolist()) <= values
