@@ -1,0 +1,552 @@
+"""An equal-budget accuracy study: several networks, several seeds, the bundle's own training and scoring.
+
+Every arm (a network, optionally with overlays such as ``augment.json``) is trained by ``python -m monai.bundle run
+training`` with the same studies, split, crop, epochs and iterations; the checkpoint is chosen on the validation split
+only (the bundle's key metric); the chosen checkpoint then segments the held-out test split and an out-of-distribution
+test set (other seed, the generator's ``shifted`` recipe) through ``evaluate.json``, which scores with the BraTS
+challenge's package (:mod:`refineformer3d.evaluate`). Per run it writes the tables of both; over the runs, a CSV of
+every run and a Markdown summary with mean +- std over seeds per arm.
+
+Command line::
+
+    python -m refineformer3d.study --output DIR [--seeds 0 1 2] [--epochs 8] [--arms FILE ...] [--only NAME ...] \\
+        [--cases 40 --ood_cases 12 --shape 120 120 78 --roi_size 64 64 64] [--jobs 2 --threads 1] [--plan]
+
+Arms are a JSON list of ``{"name", "overrides": {bundle key: value}, "configs": [overlay files relative to the
+repository], "description"}``; each override goes to ``monai.bundle run`` as ``--key value``. A finished run
+(``DIR/runs/<arm>/seed<S>/result.json``) is skipped on a re-run, so an interrupted study resumes where it stopped.
+
+Made affordable on a CPU: half-size studies (the brain scaled to fit 120 x 120 x 78 voxels of "1 mm", i.e. about
+2 mm resolution of a real brain; HD95 is in those voxels' mm) and 64^3 crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refineformer3d.io import write_atomically
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+RESULT_FILE = "result.json"
+# Columns of the summary: (run key, heading). Dice and HD95 from the BraTS package; edema (label 2) from the
+# segmentations, since the package scores regions (WT, TC, ET) and edema is none of them.
+METRICS = (
+    ("dice_wt", "WT Dice"),
+    ("dice_tc", "TC Dice"),
+    ("dice_et", "ET Dice"),
+    ("dice_edema", "edema Dice"),
+    ("hd95_wt", "WT HD95"),
+    ("hd95_tc", "TC HD95"),
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One network (and recipe) of the study.
+
+    Attributes:
+        name: short name; the run folders are named after it.
+        overrides: bundle keys and values, passed to ``monai.bundle run`` as ``--key value``.
+        configs: extra overlay files after ``train.json``, relative to the repository root.
+        description: what the arm is, for the summary.
+    """
+
+    name: str
+    overrides: Mapping = field(default_factory=dict)
+    configs: tuple[str, ...] = ()
+    description: str = ""
+
+
+def _create_model(name: str) -> dict:
+    return {"network_def#_target_": "refineformer3d.networks.create_model", "network_def#name": name}
+
+
+SEGRESNET = {
+    # The model zoo's brats_mri_segmentation configuration (see refineformer3d.summary.reference_models).
+    "network_def#_target_": "SegResNet",
+    "network_def#blocks_down": [1, 2, 2, 4],
+    "network_def#blocks_up": [1, 1, 1],
+    "network_def#init_filters": 16,
+    "network_def#dropout_prob": 0.2,
+}
+DEFAULT_ARMS = (
+    Arm("refineformer3d_tiny", _create_model("refineformer3d_tiny"), (), "RefineFormer3D tiny"),
+    Arm("refineformer3d_small", _create_model("refineformer3d_small"), (), "RefineFormer3D small"),
+    Arm(
+        "refineformer3d_small_augment",
+        _create_model("refineformer3d_small"),
+        ("bundle/configs/augment.json",),
+        "RefineFormer3D small, trained with augment.json",
+    ),
+    Arm("refineformer3d_base", _create_model("refineformer3d_base"), (), "RefineFormer3D base"),
+    Arm("segformer3d", _create_model("segformer3d"), (), "SegFormer3D (the published configuration)"),
+    Arm("segresnet", SEGRESNET, (), "MONAI SegResNet, model zoo BraTS configuration"),
+)
+
+
+def load_arms(path: str | os.PathLike) -> list[Arm]:
+    """Arms from a JSON list of ``{"name", "overrides", "configs", "description"}``.
+
+    Raises:
+        ValueError: for an unreadable file or a malformed arm, naming the file.
+    """
+    try:
+        items = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"arms file {path}: {error}") from None
+    if not isinstance(items, list):
+        raise ValueError(f"arms file {path}: expected a JSON list of arms")
+    arms = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise ValueError(f"arms file {path}: arm {i} has no name")
+        unknown = sorted(set(item) - {"name", "overrides", "configs", "description"})
+        if unknown or not isinstance(item.get("overrides", {}), dict) or not isinstance(item.get("configs", []), list):
+            raise ValueError(f"arms file {path}: arm {item['name']!r} is malformed (unknown keys {unknown})")
+        if any(c in item["name"] for c in "/\\ ") or item["name"].startswith("."):
+            raise ValueError(f"arms file {path}: arm name {item['name']!r} must be usable as a folder name")
+        arms.append(
+            Arm(
+                item["name"],
+                dict(item.get("overrides", {})),
+                tuple(item.get("configs", [])),
+                item.get("description", ""),
+            )
+        )
+    return arms
+
+
+def render_overrides(overrides: Mapping) -> list[str]:
+    """``--key value`` arguments for ``monai.bundle run``, whose parser (fire) reads Python literals.
+
+    Strings go as they are (fire keeps a word a string); anything else as its Python literal: ``None``,
+    ``True``, ``[64, 64, 64]``.
+    """
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return args
+
+
+def plan(arms: Sequence[Arm], seeds: Sequence[int], output: Path) -> list[tuple[Arm, int, Path]]:
+    """The runs still to do, seed-major (every arm's seed 0 first, so a cut-short study has whole seeds)."""
+    return [
+        (arm, seed, output / "runs" / arm.name / f"seed{seed}")
+        for seed in seeds
+        for arm in arms
+        if not (output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE).is_file()
+    ]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every arm shares: the budget, the crop, the data and the machine's share per run."""
+
+    output: Path
+    epochs: int = 8
+    roi_size: tuple[int, int, int] = (64, 64, 64)
+    pixdim: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    cases: int = 40
+    ood_cases: int = 12
+    shape: tuple[int, int, int] = (120, 120, 78)
+    data_seed: int = 0
+    ood_seed: int = 1000
+    contrast_jitter: float = 0.0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    threads: int = 1
+    extra: tuple[str, ...] = ()  # further --key value arguments for every arm, e.g. ("--learning_rate", "0.001")
+
+
+def prepare_data(settings: Settings) -> tuple[Path, Path, dict]:
+    """Makes (or reuses) the studies and writes the two datalists the runs read.
+
+    Returns:
+        The in-distribution datalist (training, validation, testing), the out-of-distribution one (all in testing),
+        and the number of studies per split.
+    """
+    from refineformer3d.data import build_datalist, ensure_dataset, write_datalist
+
+    data = settings.output / "data"
+    common = {"cache_dir": data, "validation_cases": 0, "shape": settings.shape}
+    in_root = ensure_dataset(
+        cases=settings.cases, seed=settings.data_seed, contrast_jitter=settings.contrast_jitter, **common
+    )
+    ood_root = ensure_dataset(cases=settings.ood_cases, seed=settings.ood_seed, recipe="shifted", **common)
+    datalist = build_datalist(
+        in_root, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction, seed=settings.data_seed
+    )
+    ood = build_datalist(ood_root, val_fraction=0.0, test_fraction=0.0)
+    ood = {**ood, "training": [], "validation": [], "testing": ood["training"] + ood["testing"]}
+    in_path, ood_path = write_datalist(datalist, data / "datalist.json"), write_datalist(ood, data / "ood.json")
+    sizes = {split: len(datalist[split]) for split in ("training", "validation", "testing")}
+    return in_path, ood_path, {**sizes, "ood": len(ood["testing"])}
+
+
+def _bundle_command(workflow: str, configs: Sequence[str], arguments: Sequence[str]) -> list[str]:
+    files = [str(REPO / c) for c in configs]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        workflow,
+        "--config_file",
+        repr(files),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        *arguments,
+    ]
+
+
+def commands(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Path]) -> dict:
+    """The three bundle commands of one run: training, scoring the test split, scoring the OOD set."""
+    configs = ["bundle/configs/train.json", *arm.configs]
+    shared = [
+        "--bundle_root",
+        str(run_dir),
+        "--seed",
+        str(seed),
+        "--roi_size",
+        repr(list(settings.roi_size)),
+        "--pixdim",
+        repr(list(settings.pixdim)),
+        "--verify_dataset",
+        "False",
+        "--num_workers",
+        "0",
+        *settings.extra,
+        *render_overrides(arm.overrides),
+    ]
+    train = [
+        "--dataset_dir",
+        str(datalists[0]),
+        "--ckpt_dir",
+        str(run_dir / "models"),
+        "--output_dir",
+        str(run_dir / "train"),
+        "--epochs",
+        str(settings.epochs),
+        *shared,
+    ]
+
+    def scoring(datalist: Path, name: str) -> list[str]:
+        arguments = ["--dataset_dir", str(datalist), "--ckpt_path", str(run_dir / "models" / "model.pt")]
+        arguments += ["--output_dir", str(run_dir / name), *shared]
+        return _bundle_command("evaluating", [*configs, "bundle/configs/evaluate.json"], arguments)
+
+    return {
+        "train": _bundle_command("training", configs, train),
+        "test": scoring(datalists[0], "test"),
+        "ood": scoring(datalists[1], "ood"),
+    }
+
+
+def _edema_dice(folder: Path) -> float:
+    """Mean volume-wise Dice of edema (label 2 in both the segmentations and the BraTS-convention references)."""
+    import nibabel as nib
+    import numpy as np
+
+    document = json.loads((folder / "brats_testing.json").read_text())
+    scores = []
+    for case in document["cases"]:
+        prediction = np.asarray(nib.load(case["segmentation"]).dataobj) == 2
+        reference = np.asarray(nib.load(case["reference"]).dataobj) == 2
+        total = prediction.sum() + reference.sum()
+        scores.append(1.0 if total == 0 else 2.0 * float((prediction & reference).sum()) / float(total))
+    return statistics.fmean(scores)
+
+
+def _scores(folder: Path) -> dict:
+    mean = json.loads((folder / "brats_testing.json").read_text())["summary"]["mean"]
+
+    def value(key):
+        return math.nan if mean.get(key) is None else mean[key]
+
+    scores = {f"dice_{r}": value(f"global_dsc_{r}") for r in ("wt", "tc", "et")}
+    scores |= {f"hd95_{r}": value(f"global_hd95_{r}") for r in ("wt", "tc")}
+    scores["dice_edema"] = _edema_dice(folder)
+    return scores
+
+
+def _parameters(arm: Arm, settings: Settings) -> int:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / c) for c in ("bundle/configs/train.json", *arm.configs)])
+    parser.update(dict(arm.overrides))
+    network = parser.get_parsed_content("network_def")
+    return sum(p.numel() for p in network.parameters())
+
+
+def run_one(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Path], sizes: dict) -> dict:
+    """Trains and scores one (arm, seed); writes ``result.json`` last, so a run with it is complete.
+
+    Raises:
+        RuntimeError: when a bundle command fails, naming the log file.
+    """
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": str(settings.threads),
+        "MKL_NUM_THREADS": str(settings.threads),
+    }
+    steps = commands(arm, seed, run_dir, settings, datalists)
+    wall = {}
+    for step, command in steps.items():
+        log = run_dir / f"{step}.log"
+        start = time.perf_counter()
+        with open(log, "w") as stream:
+            stream.write(" ".join(command) + "\n\n")
+            stream.flush()
+            proc = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
+        wall[step] = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{arm.name} seed {seed}: {step} failed (exit {proc.returncode}); see {log}")
+    result = {
+        "arm": arm.name,
+        "seed": seed,
+        "description": arm.description,
+        "configs": list(arm.configs),
+        "overrides": dict(arm.overrides),
+        "parameters": _parameters(arm, settings),
+        "epochs": settings.epochs,
+        "iterations": settings.epochs * sizes["training"],
+        "train_wall_s": wall["train"],
+        "score_wall_s": wall["test"] + wall["ood"],
+        "test": _scores(run_dir / "test"),
+        "ood": _scores(run_dir / "ood"),
+        "commands": {k: " ".join(v) for k, v in steps.items()},
+    }
+    text = json.dumps(_finite(result), indent=2) + "\n"
+    write_atomically(run_dir / RESULT_FILE, lambda tmp: Path(tmp).write_text(text))
+    return result
+
+
+def _finite(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (NaN below two values) and count of the defined values."""
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    if not defined:
+        return math.nan, math.nan, 0
+    return statistics.fmean(defined), statistics.stdev(defined) if len(defined) > 1 else math.nan, len(defined)
+
+
+def _ratio(ood: float | None, test: float | None) -> float | None:
+    return None if ood is None or test is None or test == 0 else ood / test
+
+
+def summarise(results: Sequence[Mapping]) -> list[dict]:
+    """Per arm (in the order first met): mean, std and n over seeds of every score, ratio and cost."""
+    arms: dict[str, list[Mapping]] = {}
+    for r in results:
+        arms.setdefault(r["arm"], []).append(r)
+    rows = []
+    for name, runs in arms.items():
+        row = {"arm": name, "seeds": sorted(r["seed"] for r in runs), "parameters": runs[0]["parameters"]}
+        row["iterations"] = runs[0]["iterations"]
+        for where in ("test", "ood"):
+            for key, _ in METRICS:
+                row[f"{where}_{key}"] = mean_std([r[where].get(key) for r in runs])
+        for key in ("dice_tc", "dice_edema"):
+            row[f"ratio_{key}"] = mean_std([_ratio(r["ood"].get(key), r["test"].get(key)) for r in runs])
+        row["train_wall_s"] = mean_std([r["train_wall_s"] for r in runs])
+        rows.append(row)
+    return rows
+
+
+def _pm(stat: tuple[float, float, int], digits: int = 3) -> str:
+    mean, std, n = stat
+    if n == 0:
+        return "n/a"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def markdown(rows: Sequence[Mapping], header: str) -> str:
+    """The summary tables: in-distribution test, OOD, and the OOD/in-distribution ratios with the cost."""
+    names = [h for _, h in METRICS]
+    lines = [header, ""]
+    for where, title in (("test", "Held-out test split (in distribution)"), ("ood", "Out of distribution")):
+        lines += [f"**{title}** (mean ± std over seeds; HD95 in mm)", ""]
+        lines += ["| arm | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for row in rows:
+            cells = [_pm(row[f"{where}_{k}"], 1 if k.startswith("hd95") else 3) for k, _ in METRICS]
+            lines.append(f"| {row['arm']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["**OOD / in-distribution and cost**", ""]
+    lines += ["| arm | params (M) | iterations | TC Dice ratio | edema Dice ratio | training wall (min) |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for row in rows:
+        wall = row["train_wall_s"]
+        minutes = (wall[0] / 60, wall[1] / 60, wall[2])
+        lines.append(
+            f"| {row['arm']} | {row['parameters'] / 1e6:.2f} | {row['iterations']} | {_pm(row['ratio_dice_tc'], 2)} "
+            f"| {_pm(row['ratio_dice_edema'], 2)} | {_pm(minutes, 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _runs_csv(results: Sequence[Mapping]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    keys = [k for k, _ in METRICS]
+    header = ["arm", "seed", "parameters", "iterations", "train_wall_s", "score_wall_s"]
+    writer.writerow(header + [f"test_{k}" for k in keys] + [f"ood_{k}" for k in keys])
+    for r in results:
+        values = [r[k] for k in header] + [r["test"].get(k) for k in keys] + [r["ood"].get(k) for k in keys]
+        writer.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in values])
+    return buffer.getvalue()
+
+
+def write_summary(output: Path, arms: Sequence[Arm], seeds: Sequence[int], header: str) -> list[dict]:
+    """Collects the finished runs of ``arms`` x ``seeds``; writes ``study_runs.csv``, ``study.json``, ``study.md``."""
+    results = []
+    for arm in arms:
+        for seed in seeds:
+            path = output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE
+            if path.is_file():
+                results.append(json.loads(path.read_text()))
+    rows = summarise(results)
+    files = {
+        "study_runs.csv": _runs_csv(results),
+        "study.json": json.dumps(_finite_rows(rows), indent=2) + "\n",
+        "study.md": markdown(rows, header),
+    }
+    for name, text in files.items():
+        write_atomically(output / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    return rows
+
+
+def _finite_rows(rows):
+    return [
+        {
+            k: [None if isinstance(x, float) and math.isnan(x) else x for x in v] if isinstance(v, tuple) else v
+            for k, v in row.items()
+        }
+        for row in rows
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.study",
+        description="Train and score several networks at an equal budget over several seeds, in and out of "
+        "distribution, through the bundle's own configs.",
+    )
+    parser.add_argument("--output", required=True, help="study folder (data, runs, tables); keep it out of git")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=8, help="epochs; an epoch is one pass over the training split")
+    parser.add_argument("--arms", nargs="+", default=[], metavar="FILE", help="JSON files of extra arms")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these arms")
+    parser.add_argument("--cases", type=int, default=40, help="labelled in-distribution studies (all splits)")
+    parser.add_argument("--ood_cases", type=int, default=12, help="out-of-distribution test studies")
+    parser.add_argument("--shape", type=int, nargs=3, default=[120, 120, 78], metavar=("X", "Y", "Z"))
+    parser.add_argument("--roi_size", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
+    parser.add_argument("--pixdim", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("X", "Y", "Z"))
+    parser.add_argument("--contrast_jitter", type=float, default=0.0, help="randomise the training data's contrasts")
+    parser.add_argument("--val_fraction", type=float, default=0.15)
+    parser.add_argument("--test_fraction", type=float, default=0.25)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--plan", action="store_true", help="print the runs still to do and exit")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further bundle --key value pairs")
+    args = parser.parse_args(argv)
+    try:
+        arms = list(DEFAULT_ARMS) + [arm for path in args.arms for arm in load_arms(path)]
+        names = [arm.name for arm in arms]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"arm names appear twice: {duplicates}")
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; known: {names}")
+        if args.only:
+            arms = [arm for arm in arms if arm.name in args.only]
+        settings = Settings(
+            output=Path(args.output).expanduser().absolute(),
+            epochs=args.epochs,
+            roi_size=tuple(args.roi_size),
+            pixdim=tuple(args.pixdim),
+            cases=args.cases,
+            ood_cases=args.ood_cases,
+            shape=tuple(args.shape),
+            contrast_jitter=args.contrast_jitter,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            threads=args.threads,
+            extra=tuple(args.extra),
+        )
+        todo = plan(arms, args.seeds, settings.output)
+        if args.plan:
+            for arm, seed, run_dir in todo:
+                print(f"{arm.name} seed {seed}: {run_dir}")
+            return 0
+        settings.output.mkdir(parents=True, exist_ok=True)
+        in_path, ood_path, sizes = prepare_data(settings)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"studies per split: {sizes}; {len(todo)} runs to do", flush=True)
+    failures = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {
+            pool.submit(run_one, arm, seed, run_dir, settings, (in_path, ood_path), sizes): (arm, seed)
+            for arm, seed, run_dir in todo
+        }
+        for future in concurrent.futures.as_completed(futures):
+            arm, seed = futures[future]
+            try:
+                result = future.result()
+            except RuntimeError as error:
+                failures.append(str(error))
+                print(f"FAILED {error}", flush=True)
+                continue
+            print(
+                f"done {arm.name} seed {seed}: {result['train_wall_s'] / 60:.1f} min; test TC/edema Dice "
+                f"{result['test']['dice_tc']:.3f}/{result['test']['dice_edema']:.3f}, OOD "
+                f"{result['ood']['dice_tc']:.3f}/{result['ood']['dice_edema']:.3f}",
+                flush=True,
+            )
+    header = (
+        f"Studies: {sizes['training']} training, {sizes['validation']} validation (model selection), "
+        f"{sizes['testing']} test, {sizes['ood']} OOD ({settings.shape[0]}x{settings.shape[1]}x{settings.shape[2]} "
+        f"half-size synthetic studies); crop {settings.roi_size[0]}^3, {settings.epochs} epochs = "
+        f"{settings.epochs * sizes['training']} iterations of {2} crops per arm; command: "
+        f"`python -m refineformer3d.study {' '.join(sys.argv[1:] if argv is None else argv)}`"
+    )
+    write_summary(settings.output, arms, args.seeds, header)
+    print(f"summary: {settings.output / 'study.md'}")
+    for failure in failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The equal-budget study runner: arms, the bundle commands it renders, resuming, and the summary's statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from refineformer3d import study
+
+
+def test_default_arms_cover_the_compared_networks():
+    names = [arm.name for arm in study.DEFAULT_ARMS]
+    assert len(names) == len(set(names))
+    for name in ("refineformer3d_tiny", "refineformer3d_small", "segformer3d", "segresnet"):
+        assert name in names
+    augmented = [arm for arm in study.DEFAULT_ARMS if "bundle/configs/augment.json" in arm.configs]
+    assert [arm.name for arm in augmented] == ["refineformer3d_small_augment"]
+    assert all((study.REPO / c).is_file() for arm in study.DEFAULT_ARMS for c in arm.configs)
+
+
+def test_arms_file_is_parsed_and_checked(tmp_path):
+    path = tmp_path / "arms.json"
+    arm = {"name": "tiny_x", "overrides": {"network_def#ffn_rank_ratio": None}, "configs": [], "description": "d"}
+    path.write_text(json.dumps([arm]))
+    (loaded,) = study.load_arms(path)
+    assert loaded == study.Arm("tiny_x", {"network_def#ffn_rank_ratio": None}, (), "d")
+    for bad, message in (
+        ({"overrides": {}}, "has no name"),
+        ({"name": "a", "extra": 1}, "malformed"),
+        ({"name": "a/b"}, "folder name"),
+    ):
+        path.write_text(json.dumps([bad]))
+        with pytest.raises(ValueError, match=message):
+            study.load_arms(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=str(path)):
+        study.load_arms(path)
+
+
+def test_overrides_render_as_python_literals_for_the_bundle_command_line(tmp_path):
+    rendered = study.render_overrides(
+        {"network_def#name": "refineformer3d_tiny", "network_def#ffn_rank_ratio": None, "amp": False, "r": [64, 64]}
+    )
+    assert rendered == [
+        "--network_def#name",
+        "refineformer3d_tiny",
+        "--network_def#ffn_rank_ratio",
+        "None",
+        "--amp",
+        "False",
+        "--r",
+        "[64, 64]",
+    ]
+    settings = study.Settings(output=tmp_path, epochs=3, extra=("--sw_overlap", "0.25"))
+    arm = study.DEFAULT_ARMS[2]
+    commands = study.commands(arm, 1, tmp_path / "run", settings, (tmp_path / "d.json", tmp_path / "ood.json"))
+    train, ood = commands["train"], commands["ood"]
+    assert train[3:5] == ["run", "training"] and ood[4] == "evaluating"
+    assert eval(train[6])[-1].endswith("bundle/configs/augment.json")  # the overlay after train.json
+    assert eval(ood[6])[-1].endswith("bundle/configs/evaluate.json")
+    for command in commands.values():
+        assert command[command.index("--seed") + 1] == "1" and "--sw_overlap" in command
+        assert command[command.index("--network_def#name") + 1] == "refineformer3d_small"
+    assert train[train.index("--epochs") + 1] == "3" and "--epochs" not in ood
+    assert ood[ood.index("--dataset_dir") + 1].endswith("ood.json")
+    assert ood[ood.index("--ckpt_path") + 1] == str(tmp_path / "run" / "models" / "model.pt")
+
+
+def test_finished_runs_are_skipped(tmp_path):
+    arms = study.DEFAULT_ARMS[:2]
+    assert len(study.plan(arms, [0, 1], tmp_path)) == 4
+    done = tmp_path / "runs" / arms[1].name / "seed0"
+    done.mkdir(parents=True)
+    (done / study.RESULT_FILE).write_text("{}")
+    (tmp_path / "runs" / arms[0].name / "seed1").mkdir(parents=True)  # started, not finished: done again
+    todo = [(arm.name, seed) for arm, seed, _ in study.plan(arms, [0, 1], tmp_path)]
+    assert todo == [(arms[0].name, 0), (arms[0].name, 1), (arms[1].name, 1)]  # seed-major
+
+
+def _result(arm, seed, tc, edema, ood_scale):
+    scores = {"dice_wt": 0.9, "dice_tc": tc, "dice_et": None, "dice_edema": edema, "hd95_wt": 5.0, "hd95_tc": 8.0}
+    ood = {k: None if v is None else v * ood_scale for k, v in scores.items()}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "parameters": 2_000_000,
+        "iterations": 100,
+        "train_wall_s": 60.0 * (seed + 1),
+        "score_wall_s": 9.0,
+    }, {
+        "test": scores,
+        "ood": ood,
+    }
+
+
+def test_summary_means_stds_and_ratios(tmp_path):
+    results = []
+    for seed, tc in enumerate((0.6, 0.8)):
+        head, scores = _result("a", seed, tc, 0.5, 0.5)
+        results.append({**head, **scores})
+    (row,) = study.summarise(results)
+    assert row["seeds"] == [0, 1]
+    mean, std, n = row["test_dice_tc"]
+    assert n == 2 and mean == pytest.approx(0.7) and std == pytest.approx(math.sqrt(0.02))
+    assert row["test_dice_et"][2] == 0 and math.isnan(row["test_dice_et"][0])
+    assert row["ratio_dice_edema"][:2] == pytest.approx((0.5, 0.0))
+    assert row["train_wall_s"][0] == pytest.approx(90.0)
+    assert study.mean_std([1.0])[2] == 1 and math.isnan(study.mean_std([1.0])[1])
+    text = study.markdown([row], "header")
+    assert "| a | 2 | 0.900 ± 0.000 | 0.700 ± 0.141 | n/a |" in text and "| a | 2.00 | 100 | 0.50 ± 0.00 |" in text
+
+
+def test_summary_files_read_the_finished_runs(tmp_path):
+    arm = study.Arm("a")
+    for seed in (0, 1):
+        head, scores = _result("a", seed, 0.7, 0.6, 0.8)
+        folder = tmp_path / "runs" / "a" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / study.RESULT_FILE).write_text(json.dumps({**head, **scores}))
+    rows = study.write_summary(tmp_path, [arm], [0, 1, 2], "header")
+    assert rows[0]["seeds"] == [0, 1]
+    assert (tmp_path / "study_runs.csv").read_text().count("\n") == 3
+    assert json.loads((tmp_path / "study.json").read_text())[0]["test_dice_et"] == [None, None, 0]
+    assert (tmp_path / "study.md").read_text().startswith("header\n")
+
+
+def test_bad_command_line(tmp_path, capsys):
+    assert study.main(["--output", str(tmp_path), "--only", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown arms ['nope']") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_and_resumes(tmp_path, capsys):
+    arguments = ["--output", str(tmp_path), "--seeds", "0", "--epochs", "1", "--only", "refineformer3d_tiny"]
+    arguments += ["--cases", "8", "--ood_cases", "2", "--shape", "64", "64", "48", "--roi_size", "32", "32", "32"]
+    arguments += ["--val_fraction", "0.2", "--test_fraction", "0.2"]
+    assert study.main(arguments) == 0
+    result = json.loads((tmp_path / "runs" / "refineformer3d_tiny" / "seed0" / study.RESULT_FILE).read_text())
+    assert result["iterations"] == 6 and result["parameters"] > 0
+    assert 0 <= result["test"]["dice_wt"] <= 1 and 0 <= result["ood"]["dice_edema"] <= 1
+    assert result["test"]["dice_et"] is None  # the classes scheme cannot tell enhancing tumour
+    assert (tmp_path / "runs" / "refineformer3d_tiny" / "seed0" / "ood" / "brats_testing.json").is_file()
+    assert "| refineformer3d_tiny | 1 |" in (tmp_path / "study.md").read_text()
+    capsys.readouterr()
+    assert study.main(arguments) == 0
+    assert "0 runs to do" in capsys.readouterr().out
