@@ -143,13 +143,22 @@ def render_overrides(overrides: Mapping) -> list[str]:
     return args
 
 
-def plan(arms: Sequence[Arm], seeds: Sequence[int], output: Path) -> list[tuple[Arm, int, Path]]:
-    """The runs still to do, seed-major (every arm's seed 0 first, so a cut-short study has whole seeds)."""
+def plan(
+    arms: Sequence[Arm], seeds: Sequence[int], output: Path, arm_seeds: Mapping[str, Sequence[int]] | None = None
+) -> list[tuple[Arm, int, Path]]:
+    """The runs still to do, seed-major (every arm's first seed first, so a cut-short study has whole seeds).
+
+    Args:
+        arm_seeds: seeds for particular arms (a slow network given fewer), instead of ``seeds``.
+    """
+    arm_seeds = arm_seeds or {}
+    every = sorted(set(seeds).union(*arm_seeds.values()))
     return [
         (arm, seed, output / "runs" / arm.name / f"seed{seed}")
-        for seed in seeds
+        for seed in every
         for arm in arms
-        if not (output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE).is_file()
+        if seed in arm_seeds.get(arm.name, seeds)
+        and not (output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE).is_file()
     ]
 
 
@@ -425,14 +434,14 @@ def _runs_csv(results: Sequence[Mapping]) -> str:
     return buffer.getvalue()
 
 
-def write_summary(output: Path, arms: Sequence[Arm], seeds: Sequence[int], header: str) -> list[dict]:
-    """Collects the finished runs of ``arms`` x ``seeds``; writes ``study_runs.csv``, ``study.json``, ``study.md``."""
+def write_summary(output: Path, arms: Sequence[Arm], header: str) -> list[dict]:
+    """Collects every finished run of ``arms`` (any seed, from this or earlier invocations); writes
+    ``study_runs.csv``, ``study.json`` and ``study.md``."""
     results = []
     for arm in arms:
-        for seed in seeds:
-            path = output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE
-            if path.is_file():
-                results.append(json.loads(path.read_text()))
+        paths = (output / "runs" / arm.name).glob(f"seed*/{RESULT_FILE}")
+        for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed"))):
+            results.append(json.loads(path.read_text()))
     rows = summarise(results)
     files = {
         "study_runs.csv": _runs_csv(results),
@@ -473,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--contrast_jitter", type=float, default=0.0, help="randomise the training data's contrasts")
     parser.add_argument("--val_fraction", type=float, default=0.15)
     parser.add_argument("--test_fraction", type=float, default=0.25)
+    parser.add_argument(
+        "--arm_seeds",
+        nargs="+",
+        default=[],
+        metavar="NAME=S,S",
+        help="other seeds for an arm, e.g. segresnet=0 for a network too slow for all seeds",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--plan", action="store_true", help="print the runs still to do and exit")
@@ -487,8 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
             raise ValueError(f"unknown arms {unknown}; known: {names}")
+        known = arms
         if args.only:
             arms = [arm for arm in arms if arm.name in args.only]
+        arm_seeds = {}
+        for item in args.arm_seeds:
+            name, _, values = item.partition("=")
+            if name not in names or not values:
+                raise ValueError(f"--arm_seeds {item!r}: expected NAME=S[,S...] with NAME one of {names}")
+            arm_seeds[name] = [int(v) for v in values.split(",")]
         settings = Settings(
             output=Path(args.output).expanduser().absolute(),
             epochs=args.epochs,
@@ -503,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             extra=tuple(args.extra),
         )
-        todo = plan(arms, args.seeds, settings.output)
+        todo = plan(arms, args.seeds, settings.output, arm_seeds)
         if args.plan:
             for arm, seed, run_dir in todo:
                 print(f"{arm.name} seed {seed}: {run_dir}")
@@ -541,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings.epochs * sizes['training']} iterations of {2} crops per arm; command: "
         f"`python -m refineformer3d.study {' '.join(sys.argv[1:] if argv is None else argv)}`"
     )
-    write_summary(settings.output, arms, args.seeds, header)
+    write_summary(settings.output, known, header)
     print(f"summary: {settings.output / 'study.md'}")
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)

@@ -77,6 +77,8 @@ def test_finished_runs_are_skipped(tmp_path):
     (tmp_path / "runs" / arms[0].name / "seed1").mkdir(parents=True)  # started, not finished: done again
     todo = [(arm.name, seed) for arm, seed, _ in study.plan(arms, [0, 1], tmp_path)]
     assert todo == [(arms[0].name, 0), (arms[0].name, 1), (arms[1].name, 1)]  # seed-major
+    fewer = study.plan(arms, [0, 1], tmp_path, {arms[0].name: [1, 2]})
+    assert [(arm.name, seed) for arm, seed, _ in fewer] == [(arms[0].name, 1), (arms[1].name, 1), (arms[0].name, 2)]
 
 
 def _result(arm, seed, tc, edema, ood_scale):
@@ -119,7 +121,7 @@ def test_summary_files_read_the_finished_runs(tmp_path):
         folder = tmp_path / "runs" / "a" / f"seed{seed}"
         folder.mkdir(parents=True)
         (folder / study.RESULT_FILE).write_text(json.dumps({**head, **scores}))
-    rows = study.write_summary(tmp_path, [arm], [0, 1, 2], "header")
+    rows = study.write_summary(tmp_path, [arm, study.Arm("b")], "header")
     assert rows[0]["seeds"] == [0, 1]
     assert (tmp_path / "study_runs.csv").read_text().count("\n") == 3
     assert json.loads((tmp_path / "study.json").read_text())[0]["test_dice_et"] == [None, None, 0]
@@ -139,7 +141,7 @@ def test_tiny_study_end_to_end_and_resumes(tmp_path, capsys):
     arguments += ["--val_fraction", "0.2", "--test_fraction", "0.2"]
     assert study.main(arguments) == 0
     result = json.loads((tmp_path / "runs" / "refineformer3d_tiny" / "seed0" / study.RESULT_FILE).read_text())
-    assert result["iterations"] == 6 and result["parameters"] > 0
+    assert result["iterations"] == 4 and result["parameters"] > 0  # 8 studies: 2 validation, 2 test, 4 training
     assert 0 <= result["test"]["dice_wt"] <= 1 and 0 <= result["ood"]["dice_edema"] <= 1
     assert result["test"]["dice_et"] is None  # the classes scheme cannot tell enhancing tumour
     assert (tmp_path / "runs" / "refineformer3d_tiny" / "seed0" / "ood" / "brats_testing.json").is_file()
