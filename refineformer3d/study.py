@@ -295,7 +295,7 @@ def _scores(folder: Path) -> dict:
     return scores
 
 
-def _parameters(arm: Arm, settings: Settings) -> int:
+def _parameters(arm: Arm) -> int:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -338,7 +338,7 @@ def run_one(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: t
         "description": arm.description,
         "configs": list(arm.configs),
         "overrides": dict(arm.overrides),
-        "parameters": _parameters(arm, settings),
+        "parameters": _parameters(arm),
         "epochs": settings.epochs,
         "iterations": settings.epochs * sizes["training"],
         "train_wall_s": wall["train"],
@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Studies: {sizes['training']} training, {sizes['validation']} validation (model selection), "
         f"{sizes['testing']} test, {sizes['ood']} OOD ({settings.shape[0]}x{settings.shape[1]}x{settings.shape[2]} "
         f"half-size synthetic studies); crop {settings.roi_size[0]}^3, {settings.epochs} epochs = "
-        f"{settings.epochs * sizes['training']} iterations of {2} crops per arm; command: "
+        f"{settings.epochs * sizes['training']} iterations per arm; command: "
         f"`python -m refineformer3d.study {' '.join(sys.argv[1:] if argv is None else argv)}`"
     )
     write_summary(settings.output, known, header)
