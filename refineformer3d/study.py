@@ -106,7 +106,7 @@ def load_arms(path: str | os.PathLike) -> list[Arm]:
         ValueError: for an unreadable file or a malformed arm, naming the file.
     """
     try:
-        items = json.loads(Path(path).read_text())
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ValueError(f"arms file {path}: {error}") from None
     if not isinstance(items, list):
@@ -273,7 +273,7 @@ def _edema_dice(folder: Path) -> float:
     import nibabel as nib
     import numpy as np
 
-    document = json.loads((folder / "brats_testing.json").read_text())
+    document = json.loads((folder / "brats_testing.json").read_text(encoding="utf-8"))
     scores = []
     for case in document["cases"]:
         prediction = np.asarray(nib.load(case["segmentation"]).dataobj) == 2
@@ -284,7 +284,7 @@ def _edema_dice(folder: Path) -> float:
 
 
 def _scores(folder: Path) -> dict:
-    mean = json.loads((folder / "brats_testing.json").read_text())["summary"]["mean"]
+    mean = json.loads((folder / "brats_testing.json").read_text(encoding="utf-8"))["summary"]["mean"]
 
     def value(key):
         return math.nan if mean.get(key) is None else mean[key]
@@ -348,7 +348,7 @@ def run_one(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: t
         "commands": {k: " ".join(v) for k, v in steps.items()},
     }
     text = json.dumps(_finite(result), indent=2) + "\n"
-    write_atomically(run_dir / RESULT_FILE, lambda tmp: Path(tmp).write_text(text))
+    write_atomically(run_dir / RESULT_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return result
 
 
@@ -395,7 +395,7 @@ def _pm(stat: tuple[float, float, int], digits: int = 3) -> str:
     mean, std, n = stat
     if n == 0:
         return "n/a"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" +- {std:.{digits}f}")
 
 
 def markdown(rows: Sequence[Mapping], header: str) -> str:
@@ -403,7 +403,7 @@ def markdown(rows: Sequence[Mapping], header: str) -> str:
     names = [h for _, h in METRICS]
     lines = [header, ""]
     for where, title in (("test", "Held-out test split (in distribution)"), ("ood", "Out of distribution")):
-        lines += [f"**{title}** (mean ± std over seeds; HD95 in mm)", ""]
+        lines += [f"**{title}** (mean +- std over seeds; HD95 in mm)", ""]
         lines += ["| arm | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for row in rows:
             cells = [_pm(row[f"{where}_{k}"], 1 if k.startswith("hd95") else 3) for k, _ in METRICS]
@@ -441,7 +441,7 @@ def write_summary(output: Path, arms: Sequence[Arm], header: str) -> list[dict]:
     for arm in arms:
         paths = (output / "runs" / arm.name).glob(f"seed*/{RESULT_FILE}")
         for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed"))):
-            results.append(json.loads(path.read_text()))
+            results.append(json.loads(path.read_text(encoding="utf-8")))
     rows = summarise(results)
     files = {
         "study_runs.csv": _runs_csv(results),
@@ -449,7 +449,7 @@ def write_summary(output: Path, arms: Sequence[Arm], header: str) -> list[dict]:
         "study.md": markdown(rows, header),
     }
     for name, text in files.items():
-        write_atomically(output / name, lambda tmp, text=text: Path(tmp).write_text(text))
+        write_atomically(output / name, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
     return rows
 
 

@@ -111,7 +111,7 @@ def test_summary_means_stds_and_ratios(tmp_path):
     assert row["train_wall_s"][0] == pytest.approx(90.0)
     assert study.mean_std([1.0])[2] == 1 and math.isnan(study.mean_std([1.0])[1])
     text = study.markdown([row], "header")
-    assert "| a | 2 | 0.900 ± 0.000 | 0.700 ± 0.141 | n/a |" in text and "| a | 2.00 | 100 | 0.50 ± 0.00 |" in text
+    assert "| a | 2 | 0.900 +- 0.000 | 0.700 +- 0.141 | n/a |" in text and "| a | 2.00 | 100 | 0.50 +- 0.00 |" in text
 
 
 def test_summary_files_read_the_finished_runs(tmp_path):
