@@ -134,12 +134,13 @@ def load_arms(path: str | os.PathLike) -> list[Arm]:
 def render_overrides(overrides: Mapping) -> list[str]:
     """``--key value`` arguments for ``monai.bundle run``, whose parser (fire) reads Python literals.
 
-    Strings go as they are (fire keeps a word a string); anything else as its Python literal: ``None``,
-    ``True``, ``[64, 64, 64]``.
+    Strings go as they are (fire keeps a word a string); ``None`` as the expression ``$None``, since ``monai.bundle
+    run`` drops an override whose value is None (``--key None`` would leave the config's value in place); anything
+    else as its Python literal: ``True``, ``[64, 64, 64]``.
     """
     args = []
     for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
+        args += [f"--{key}", value if isinstance(value, str) else "$None" if value is None else repr(value)]
     return args
 
 

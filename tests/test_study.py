@@ -47,7 +47,7 @@ def test_overrides_render_as_python_literals_for_the_bundle_command_line(tmp_pat
         "--network_def#name",
         "refineformer3d_tiny",
         "--network_def#ffn_rank_ratio",
-        "None",
+        "$None",
         "--amp",
         "False",
         "--r",
