@@ -350,33 +350,37 @@ def test_space_to_depth_is_lossless():
     assert torch.equal(y[0, :8, 0, 0, 0], x[0, 0, :2, :2, :2].flatten())
 
 
-@pytest.mark.parametrize("kernel_size", [2, (2, 4, 1)])
+# each fast module against the torch module it replaces, loaded with the same parameters under the same keys
+MATRIX_PRODUCT_MODULES = {
+    "patch_expand": (
+        lambda: PatchExpandConvTranspose3d(6, 5, 2),
+        lambda: torch.nn.ConvTranspose3d(6, 5, 2, stride=2),
+    ),
+    "patch_expand_anisotropic": (
+        lambda: PatchExpandConvTranspose3d(6, 5, (2, 4, 1)),
+        lambda: torch.nn.ConvTranspose3d(6, 5, (2, 4, 1), stride=(2, 4, 1)),
+    ),
+    "pointwise": (lambda: PointwiseConv3d(6, 5), lambda: torch.nn.Conv3d(6, 5, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX_PRODUCT_MODULES))
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_patch_expand_is_the_transposed_convolution(kernel_size, channels_last):
-    expand = PatchExpandConvTranspose3d(6, 5, kernel_size)
-    reference = torch.nn.ConvTranspose3d(6, 5, kernel_size, stride=kernel_size)
-    reference.load_state_dict(expand.state_dict())  # same parameters, same keys
+def test_matrix_product_modules_equal_the_convolutions(name, channels_last):
+    make, make_reference = MATRIX_PRODUCT_MODULES[name]
+    module, reference = make(), make_reference()
+    reference.load_state_dict(module.state_dict())
     x = torch.randn(2, 6, 3, 4, 5)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    y = expand(x)
+    y = module(x)
     torch.testing.assert_close(y, reference(x))
     assert y.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_patch_expand_stride_is_its_kernel():
     with pytest.raises(TypeError):
-        PatchExpandConvTranspose3d(6, 5, 2, stride=1)  # the stride is the kernel, not a choice
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_pointwise_conv_is_the_convolution(channels_last):
-    pointwise = PointwiseConv3d(6, 5)
-    reference = torch.nn.Conv3d(6, 5, 1)
-    reference.load_state_dict(pointwise.state_dict())
-    x = torch.randn(2, 6, 3, 4, 5)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    y = pointwise(x)
-    torch.testing.assert_close(y, reference(x))
-    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+        PatchExpandConvTranspose3d(6, 5, 2, stride=1)
 
 
 @pytest.mark.parametrize("grad, slab_values", [(False, 1), (False, 1 << 17), (False, 1 << 40), (True, 1 << 17)])
