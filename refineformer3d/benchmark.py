@@ -13,9 +13,10 @@ One run measures, and states in the Markdown's notes:
 * per network: parameters; FLOPs of one window counted on the meta device, attention included
   (:func:`refineformer3d.summary.count_flops`: 2 FLOP per multiply-add, norms, activations and interpolation not
   counted); the CPU forward of one window (median of ``--repeats`` after one warm-up, ``torch.inference_mode``);
-  one whole-volume sliding window as ``bundle/configs/inference.json``'s inferer runs it (median of
-  ``--volume_repeats`` after one warm-up); the peak memory of each; times over SegFormer3D's; achieved GFLOP/s and
-  their fraction of the matmul peak; and the physical limit, FLOPs / peak, per window and per volume;
+  one whole-volume sliding window as ``bundle/configs/inference.json``'s inferer runs it, at each of
+  ``--sw_batch_sizes`` windows per batch (median of ``--volume_repeats`` after one warm-up; the best counts); the peak
+  memory of each; times over SegFormer3D's; achieved GFLOP/s and their fraction of the matmul peak; and the physical
+  limit, FLOPs / peak, per window and per volume;
 * the ONNX Runtime fp32 and INT8 (dynamic, static) paths of ``--onnx`` networks, exported as the bundle exports them;
 * on CUDA: AMP float16 and bfloat16 training steps per second at 2 x 4 x 128^3 (forward, DiceCE, backward, AdamW),
   inference ms per window and per volume and peak GPU memory, each with and without ``torch.compile``.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import math
 import multiprocessing
@@ -206,8 +208,9 @@ class BenchmarkRow:
     forward_peak_mib: float | None = None
     windows: int | None = None
     volume_gflop: float | None = None
-    volume_s: float | None = None
-    volume_runs: list[float] = field(default_factory=list)
+    volume_s: float | None = None  # the best median over the windows-per-batch tried
+    volume_sw_batch_size: int | None = None  # the windows per batch of volume_s
+    volume_runs: dict[str, list[float]] = field(default_factory=dict)  # per windows-per-batch, as a string (JSON)
     volume_peak_mib: float | None = None
     forward_ratio: float | None = None  # forward_s / SegFormer3D's
     volume_ratio: float | None = None
@@ -258,9 +261,12 @@ def _measure_cpu(task: dict[str, Any]) -> dict[str, Any]:
         result["forward_runs"] = measure_seconds(lambda: model(x), task["repeats"])
         result["forward_peak_mib"] = _max_rss_mib() - baseline
         if task["volume"]:
-            inferer = sliding_window(task["roi"], task["inferer"])
             volume = torch.randn(1, task["in_channels"], *task["volume"])
-            result["volume_runs"] = measure_seconds(lambda: inferer(volume, model), task["volume_repeats"])
+            result["volume_runs"] = {}
+            for batch in task["sw_batch_sizes"]:
+                inferer = sliding_window(task["roi"], task["inferer"] | {"sw_batch_size": batch})
+                run = functools.partial(inferer, volume, model)
+                result["volume_runs"][str(batch)] = measure_seconds(run, task["volume_repeats"])
             # the peak since the baseline: a sliding window runs forwards of sw_batch_size windows, so its peak is
             # the forward's or above
             result["volume_peak_mib"] = _max_rss_mib() - baseline
@@ -441,6 +447,7 @@ def benchmark(
     references: bool = True,
     roi: Sequence[int] | None = None,
     volume: Sequence[int] | None = (240, 240, 155),
+    sw_batch_sizes: Sequence[int] = (1, 2),
     repeats: int = 5,
     volume_repeats: int = 3,
     reference_volume_repeats: int = 1,
@@ -463,6 +470,10 @@ def benchmark(
         references: keep MONAI's SegResNet, UNETR and SwinUNETR (each takes minutes per volume on a CPU).
         roi: the window; ``inference.json``'s ``roi_size`` by default.
         volume: the whole volume's spatial size; ``None`` skips the sliding window.
+        sw_batch_sizes: windows per batch at which each network's sliding window is timed; a network's volume time
+            is its best, so that no network is judged at a batch size that does not suit it (on this project's
+            2-core CPU SegFormer3D takes twice as long per volume with one window per batch as with two, and
+            RefineFormer3D small a third longer with two than with one).
         repeats: timed forwards per network, after one warm-up.
         volume_repeats: timed sliding windows per network, after one warm-up.
         reference_volume_repeats: the same for MONAI's references.
@@ -497,6 +508,9 @@ def benchmark(
         raise ValueError(f"repeats, steps and batches must be at least 1, got {counts}")
     if any(s < 1 for s in [*roi, *(volume or ()), *matmul_sizes]):
         raise ValueError(f"sizes must be positive: roi {roi}, volume {volume}, matmul {tuple(matmul_sizes)}")
+    sw_batch_sizes = sorted(set(sw_batch_sizes))
+    if not sw_batch_sizes or sw_batch_sizes[0] < 1:
+        raise ValueError(f"windows per batch must be at least 1, got {sw_batch_sizes}")
     skipped = []
     if not references:
         skipped += [f"{n}: --no-references" for n in names if n in REFERENCES]
@@ -526,6 +540,7 @@ def benchmark(
                     "roi": roi,
                     "volume": tuple(volume) if volume else None,
                     "inferer": settings,
+                    "sw_batch_sizes": sw_batch_sizes,
                     "in_channels": in_channels,
                     "out_channels": out_channels,
                     "threads": threads,
@@ -568,6 +583,7 @@ def benchmark(
         "settings": {
             "roi": list(roi),
             "volume": list(volume) if volume else None,
+            "sw_batch_sizes": sw_batch_sizes,
             "in_channels": in_channels,
             "out_channels": out_channels,
             "inferer": settings | {"roi_size": list(roi)},
@@ -616,8 +632,14 @@ def _run_isolated(rows: Sequence[BenchmarkRow], tasks: Sequence[dict[str, Any]])
         row.forward_peak_mib = result["forward_peak_mib"]
         if "volume_runs" in result:
             row.volume_runs = result["volume_runs"]
-            row.volume_s = statistics.median(row.volume_runs)
+            medians = {int(batch): statistics.median(runs) for batch, runs in row.volume_runs.items()}
+            row.volume_sw_batch_size = min(medians, key=medians.get)
+            row.volume_s = medians[row.volume_sw_batch_size]
             row.volume_peak_mib = result["volume_peak_mib"]
+
+
+def _median(runs: Sequence[float] | None) -> float | None:
+    return statistics.median(runs) if runs else None
 
 
 def _fmt(value: float | None, digits: int, suffix: str = "") -> str:
@@ -667,25 +689,28 @@ def format_markdown(report: dict[str, Any]) -> str:
     if settings["volume"]:
         volume = "x".join(map(str, settings["volume"]))
         inferer = settings["inferer"]
+        batches = settings.get("sw_batch_sizes") or [inferer["sw_batch_size"]]
         lines += [
             "",
             f"## One whole {settings['in_channels']}x{volume} volume (CPU sliding window)",
             "",
             f"{rows[0].windows if rows else '-'} windows of {roi}, overlap {inferer['overlap']}, {inferer['mode']} "
-            f"blending, {inferer['sw_batch_size']} windows per batch: {inferer['_target_']} as "
-            f"{Path(settings['config_file']).name} configures it ("
+            f"blending: {inferer['_target_']} as {Path(settings['config_file']).name} configures it ("
             + ", ".join(f"{k} {v}" for k, v in inferer.items() if k not in ("_target_", "roi_size"))
-            + "). GFLOP: per window times the windows.",
+            + f"), timed at {' and '.join(map(str, batches))} windows per batch. A network's time is its best of "
+            "these (the windows per batch in brackets); / SegFormer3D sets it against SegFormer3D's best. GFLOP: "
+            "per window times the windows.",
             "",
         ]
-        header = ["model", "runtime", "GFLOP", "sliding window (s)", "/ SegFormer3D", "GFLOP/s", "of peak"]
-        header += ["limit FLOPs/peak (s)", "peak memory (MiB)"]
+        header = ["model", "runtime", "GFLOP", *(f"{b} per batch (s)" for b in batches), "best (s)", "/ SegFormer3D"]
+        header += ["GFLOP/s", "of peak", "limit FLOPs/peak (s)", "peak memory (MiB)"]
         body = [
             [
                 r.name,
                 r.runtime,
                 _fmt(r.volume_gflop, 1),
-                _fmt(r.volume_s, 2),
+                *(_fmt(_median(r.volume_runs.get(str(b))), 2) for b in batches),
+                _fmt(r.volume_s, 2) + (f" ({r.volume_sw_batch_size})" if r.volume_sw_batch_size else ""),
                 _fmt(r.volume_ratio, 2),
                 _fmt(r.volume_gflops, 1),
                 _fmt(None if r.volume_fraction is None else 100 * r.volume_fraction, 0, " %"),
@@ -790,6 +815,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--volume", type=int, nargs=3, default=(240, 240, 155), metavar=("D", "H", "W"))
     parser.add_argument("--no-volume", dest="volume", action="store_const", const=None, help="skip the sliding window")
+    parser.add_argument(
+        "--sw_batch_sizes", type=int, nargs="+", default=[1, 2], help="windows per batch tried (each network's best)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per network (median)")
     parser.add_argument("--volume_repeats", type=int, default=3, help="timed sliding windows per network (median)")
     parser.add_argument("--reference_volume_repeats", type=int, default=1, help="the same for MONAI's references")
@@ -811,6 +839,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             references=args.references,
             roi=args.roi,
             volume=args.volume,
+            sw_batch_sizes=args.sw_batch_sizes,
             repeats=args.repeats,
             volume_repeats=args.volume_repeats,
             reference_volume_repeats=args.reference_volume_repeats,

@@ -190,20 +190,29 @@ def prepare_data(settings: Settings) -> tuple[Path, Path, dict]:
         The in-distribution datalist (training, validation, testing), the out-of-distribution one (all in testing),
         and the number of studies per split.
     """
-    from refineformer3d.data import build_datalist, ensure_dataset, write_datalist
+    from refineformer3d.data import build_datalist, ensure_dataset, load_datalist, write_datalist
 
     data = settings.output / "data"
     common = {"cache_dir": data, "validation_cases": 0, "shape": settings.shape}
-    in_root = ensure_dataset(
-        cases=settings.cases, seed=settings.data_seed, contrast_jitter=settings.contrast_jitter, **common
-    )
+    in_root = ensure_dataset(cases=settings.cases, seed=settings.data_seed, **common)
     ood_root = ensure_dataset(cases=settings.ood_cases, seed=settings.ood_seed, recipe="shifted", **common)
-    datalist = build_datalist(
-        in_root, val_fraction=settings.val_fraction, test_fraction=settings.test_fraction, seed=settings.data_seed
-    )
+    split = {"val_fraction": settings.val_fraction, "test_fraction": settings.test_fraction, "seed": settings.data_seed}
+    datalist = build_datalist(in_root, **split)
+    if settings.contrast_jitter:
+        # the same studies with randomised contrasts (the jitter has its own random stream, so anatomy and labels are
+        # unchanged) and the same split: training reads them, model selection and the test split the plain studies
+        jittered_root = ensure_dataset(
+            cases=settings.cases, seed=settings.data_seed, contrast_jitter=settings.contrast_jitter, **common
+        )
+        training = load_datalist(jittered_root, **split)["training"]  # absolute paths: another root than the rest
+        if [e["case"] for e in training] != [e["case"] for e in datalist["training"]]:
+            raise RuntimeError(f"{jittered_root} does not hold the studies of {in_root}")
+        datalist["training"] = training
     ood = build_datalist(ood_root, val_fraction=0.0, test_fraction=0.0)
     ood = {**ood, "training": [], "validation": [], "testing": ood["training"] + ood["testing"]}
-    in_path, ood_path = write_datalist(datalist, data / "datalist.json"), write_datalist(ood, data / "ood.json")
+    # a study with jittered training data names its datalist apart: one output folder can hold both kinds of run
+    name = f"datalist_j{settings.contrast_jitter:g}.json" if settings.contrast_jitter else "datalist.json"
+    in_path, ood_path = write_datalist(datalist, data / name), write_datalist(ood, data / "ood.json")
     sizes = {split: len(datalist[split]) for split in ("training", "validation", "testing")}
     return in_path, ood_path, {**sizes, "ood": len(ood["testing"])}
 

@@ -53,7 +53,11 @@ def test_rows_measure_every_runtime(report):
     ]
     for row in rows.values():
         assert row["error"] is None
-        assert len(row["forward_runs"]) == 2 and len(row["volume_runs"]) == 1
+        assert len(row["forward_runs"]) == 2
+        # timed at 1 and 2 windows per batch; the best median is the row's time
+        assert {b: len(runs) for b, runs in row["volume_runs"].items()} == {"1": 1, "2": 1}
+        best = str(row["volume_sw_batch_size"])
+        assert row["volume_s"] == row["volume_runs"][best][0] == min(r[0] for r in row["volume_runs"].values())
         assert 0 < row["forward_peak_mib"] <= row["volume_peak_mib"]
         # 2 x 1 x 1 windows of 32^3 at overlap 0.5 over 48 x 32 x 32
         assert row["windows"] == 2 and row["volume_gflop"] == pytest.approx(2 * row["gflop"])
@@ -89,7 +93,10 @@ def test_markdown_and_json_written(report, capsys):
     markdown = (output / "benchmark.md").read_text()
     assert "| refineformer3d_tiny | ONNX Runtime INT8 (dynamic) |" in markdown
     assert "FlopCounterMode" in markdown and "ru_maxrss" in markdown and "torch.mm of" in markdown
-    assert "2 windows of 32x32x32, overlap 0.5, gaussian blending, 2 windows per batch" in markdown
+    assert "2 windows of 32x32x32, overlap 0.5, gaussian blending" in markdown
+    assert "timed at 1 and 2 windows per batch" in markdown and report["settings"]["sw_batch_sizes"] == [1, 2]
+    segformer = next(r for r in report["rows"] if r["name"] == "segformer3d")
+    assert f"{segformer['volume_s']:.2f} ({segformer['volume_sw_batch_size']}) |" in markdown
     assert "as inference.json configures it" in markdown and report["settings"]["inferer"]["roi_size"] == [32] * 3
     if not torch.cuda.is_available():
         assert "no GPU in this run" in markdown and report["accelerator"]["rows"] == []
@@ -103,6 +110,7 @@ def test_markdown_and_json_written(report, capsys):
         (["--onnx", "nnunet"], "unknown models ['nnunet']"),
         (["--int8", "int4"], "invalid choice: 'int4'"),
         (["--volume", "64", "0", "48"], "sizes must be positive"),
+        (["--sw_batch_sizes", "2", "0"], "windows per batch must be at least 1"),
     ],
 )
 def test_bad_arguments_are_one_line(args, message, capsys):

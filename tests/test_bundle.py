@@ -395,6 +395,15 @@ def test_bundle_root_is_found_from_the_repository_or_the_bundle_folder(config, t
     assert parser.get_parsed_content("bundle_root") == "."
 
 
+@pytest.mark.parametrize("device, windows", [("cpu", 1), ("cuda:0", 2)])
+def test_inference_windows_per_batch_follow_the_device(device, windows):
+    """One window per batch on a CPU, where RefineFormer3D runs a whole volume faster so, two on a GPU."""
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    parser["device"] = f"$torch.device('{device}')"  # a torch.device is made without the device being present
+    assert parser.get_parsed_content("inferer").sw_batch_size == windows
+
+
 def test_shipped_regions_weights_load_into_the_inference_network():
     """bundle/models/model_regions.pt (TC/WT/ET sigmoid channels, float16 storage) fits inference.json's network."""
     path = REPO / "bundle" / "models" / "model_regions.pt"

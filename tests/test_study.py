@@ -149,3 +149,21 @@ def test_tiny_study_end_to_end_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert study.main(arguments) == 0
     assert "0 runs to do" in capsys.readouterr().out
+
+
+def test_jittered_training_data_keeps_the_split_and_the_plain_test_studies(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    settings = study.Settings(tmp_path, cases=5, ood_cases=1, shape=(48, 48, 32), contrast_jitter=0.3)
+    plain_path, _, sizes = study.prepare_data(study.Settings(tmp_path, cases=5, ood_cases=1, shape=(48, 48, 32)))
+    jitter_path, _, jitter_sizes = study.prepare_data(settings)
+    assert jitter_path.name == "datalist_j0.3.json" and plain_path.name == "datalist.json" and sizes == jitter_sizes
+    plain, jittered = (json.loads(p.read_text()) for p in (plain_path, jitter_path))
+    assert jittered["validation"] == plain["validation"] and jittered["testing"] == plain["testing"]
+    root = plain_path.parent / plain["dataset_dir"]
+    for before, after in zip(plain["training"], jittered["training"], strict=True):
+        # the same study with other contrasts: the label is the same, the images are not
+        assert before["case"] == after["case"] and "-j0.3" in after["label"]
+        assert np.array_equal(nib.load(after["label"]).dataobj, nib.load(root / before["label"]).dataobj)
+        assert not np.array_equal(nib.load(after["image"][0]).dataobj, nib.load(root / before["image"][0]).dataobj)
