@@ -696,7 +696,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             "",
             f"{rows[0].windows if rows else '-'} windows of {roi}, overlap {inferer['overlap']}, {inferer['mode']} "
             f"blending: {inferer['_target_']} as {Path(settings['config_file']).name} configures it ("
-            + ", ".join(f"{k} {v}" for k, v in inferer.items() if k not in ("_target_", "roi_size"))
+            + ", ".join(f"{k} {v}" for k, v in inferer.items() if k not in ("_target_", "roi_size", "sw_batch_size"))
             + f"), timed at {' and '.join(map(str, batches))} windows per batch. A network's time is its best of "
             "these (the windows per batch in brackets); / SegFormer3D sets it against SegFormer3D's best. GFLOP: "
             "per window times the windows.",
