@@ -167,3 +167,10 @@ def test_jittered_training_data_keeps_the_split_and_the_plain_test_studies(tmp_p
         assert before["case"] == after["case"] and "-j0.3" in after["label"]
         assert np.array_equal(nib.load(after["label"]).dataobj, nib.load(root / before["label"]).dataobj)
         assert not np.array_equal(nib.load(after["image"][0]).dataobj, nib.load(root / before["image"][0]).dataobj)
+
+
+def test_the_efficiency_idea_arms_load():
+    arms = study.load_arms(study.REPO / "scripts" / "study_arms.json")
+    assert [a.name for a in arms] == ["tiny_ghost_off", "tiny_lowrank_off", "tiny_fourier1", "tiny_distilled"]
+    assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
+    assert arms[1].overrides["network_def#ffn_rank_ratio"] is None
