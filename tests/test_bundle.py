@@ -415,3 +415,25 @@ def test_shipped_regions_weights_load_into_the_inference_network():
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(state)
     assert network.decode_head.classifier.out_channels == 3
+
+
+def test_studies_are_cached_by_one_thread(tmp_path):
+    """MONAI's NibabelReader keeps the names of its last read on the reader that LoadImaged shares between caching
+    threads; a label read in between leaves a study's four images zipped with one name: a 1-channel image. The
+    README's training once failed on such a cached study, so train.json caches in one thread."""
+    import nibabel as nib
+    import numpy as np
+    from monai.data import NibabelReader
+
+    files = []
+    for name in ("flair", "t1", "t1ce", "t2", "seg"):
+        files.append(str(tmp_path / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.float32), np.eye(4)), files[-1])
+    reader = NibabelReader()
+    images = reader.read(files[:4])
+    assert reader.get_data(images)[0].shape == (4, 5, 6, 7)  # the four sequences, channel first
+    reader.read(files[4])  # another thread's label, on the same reader
+    assert reader.get_data(images)[0].shape == (5, 6, 7)  # the race, step by step; gone if MONAI fixes its reader
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    assert parser["train#dataset#num_workers"] == parser["validate#dataset#num_workers"] == 1
