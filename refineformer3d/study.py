@@ -196,15 +196,19 @@ def prepare_data(settings: Settings) -> tuple[Path, Path, dict]:
     common = {"cache_dir": data, "validation_cases": 0, "shape": settings.shape}
     in_root = ensure_dataset(cases=settings.cases, seed=settings.data_seed, **common)
     ood_root = ensure_dataset(cases=settings.ood_cases, seed=settings.ood_seed, recipe="shifted", **common)
-    split = {"val_fraction": settings.val_fraction, "test_fraction": settings.test_fraction, "seed": settings.data_seed}
-    datalist = build_datalist(in_root, **split)
+    splitting = {
+        "val_fraction": settings.val_fraction,
+        "test_fraction": settings.test_fraction,
+        "seed": settings.data_seed,
+    }
+    datalist = build_datalist(in_root, **splitting)
     if settings.contrast_jitter:
         # the same studies with randomised contrasts (the jitter has its own random stream, so anatomy and labels are
         # unchanged) and the same split: training reads them, model selection and the test split the plain studies
         jittered_root = ensure_dataset(
             cases=settings.cases, seed=settings.data_seed, contrast_jitter=settings.contrast_jitter, **common
         )
-        training = load_datalist(jittered_root, **split)["training"]  # absolute paths: another root than the rest
+        training = load_datalist(jittered_root, **splitting)["training"]  # absolute paths: another root than the rest
         if [e["case"] for e in training] != [e["case"] for e in datalist["training"]]:
             raise RuntimeError(f"{jittered_root} does not hold the studies of {in_root}")
         datalist["training"] = training
