@@ -473,7 +473,7 @@ def benchmark(
         sw_batch_sizes: windows per batch at which each network's sliding window is timed; a network's volume time
             is its best, so that no network is judged at a batch size that does not suit it (on this project's
             2-core CPU SegFormer3D takes twice as long per volume with one window per batch as with two, and
-            RefineFormer3D small a third longer with two than with one).
+            RefineFormer3D small about 30 % longer with two than with one).
         repeats: timed forwards per network, after one warm-up.
         volume_repeats: timed sliding windows per network, after one warm-up.
         reference_volume_repeats: the same for MONAI's references.
@@ -689,7 +689,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     if settings["volume"]:
         volume = "x".join(map(str, settings["volume"]))
         inferer = settings["inferer"]
-        batches = settings.get("sw_batch_sizes") or [inferer["sw_batch_size"]]
+        batches = settings["sw_batch_sizes"]
         lines += [
             "",
             f"## One whole {settings['in_channels']}x{volume} volume (CPU sliding window)",
