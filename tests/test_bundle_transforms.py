@@ -120,11 +120,15 @@ def test_augment_overlay_adds_its_transforms_after_the_crop(tiny_brats, overlays
 
     parser = _parser(tiny_brats, *overlays, roi_size=[32, 32, 32])
     names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    # the bias field on the scanner's intensities, one field per sequence, then the normalisation: cached before
+    acquisition = ["SplitDimd", *["RandBiasFieldd"] * 4, "ConcatItemsd", "DeleteItemsd", "NormalizeIntensityd"]
+    start = names.index("SplitDimd")
+    assert names[start : start + len(acquisition)] == acquisition and names.count("NormalizeIntensityd") == 1
+    assert names[start - 1] == "EnsureTyped" and names[start + len(acquisition)] == "RandCropByPosNegLabeld"
     crop = names.index("RandCropByPosNegLabeld")
     added = [
         "RandAffined",
         "RandSimulateLowResolutiond",
-        "RandBiasFieldd",
         "RandAdjustContrastd",
         "RandHistogramShiftd",
         "RandGaussianNoised",
@@ -148,3 +152,28 @@ def test_augment_overlay_adds_its_transforms_after_the_crop(tiny_brats, overlays
         assert sample["image"].shape == before["image"].shape == (4, 32, 32, 32)
         assert torch.isfinite(sample["image"]).all() and not torch.equal(sample["image"], before["image"])
         assert set(torch.unique(sample["label"]).tolist()) <= values
+
+
+def test_augment_overlay_draws_a_bias_field_per_sequence_before_normalising(tiny_brats):
+    """Each channel gets its own field, on raw intensities: the study after the fields differs from a shared field."""
+    from monai.transforms import Compose
+
+    parser = _parser(tiny_brats, "augment.json")
+    parser["augment_transforms"] = []
+    transforms = parser.get_parsed_content("train#preprocessing").transforms
+    split = [type(t).__name__ for t in transforms].index("SplitDimd")
+    before, fields = Compose(transforms[:split]), Compose(transforms[split : split + 7])
+    for t in fields.transforms:
+        if hasattr(t, "prob"):
+            t.prob = 1.0
+    fields.set_random_state(0)
+    study = before(parser.get_parsed_content("train_datalist")[0])
+    raw = study["image"].clone()
+    out = fields(study)
+    assert [k for k in out if k.startswith("image")] == ["image"], "the per-sequence copies are removed"
+    image = out["image"]
+    brain = raw[0] > 0
+    ratios = image[:, brain] / raw[:, brain]  # each channel's field, sampled in the brain
+    assert (image[:, ~brain] == 0).all(), "the background stays zero, so the nonzero normalisation sees the same brain"
+    assert not torch.allclose(ratios[0], ratios[1], rtol=1e-3), "the sequences' fields differ"
+    assert ratios.min() > 0.2 and ratios.max() < 5.0 and ratios.std(dim=1).min() > 1e-3

@@ -261,6 +261,31 @@ def test_shifted_recipe_differs_and_labels_stay_valid(tmp_path):
     assert ratios["shifted"] < ratios["default"] - 0.15  # FLAIR edema much less bright against white matter
 
 
+def test_shifted_recipe_parts_trace_each_change(tmp_path):
+    default, shifted = make_case(0, 3, SHAPE), make_case(0, 3, SHAPE, recipe="shifted")
+    every_part = make_case(0, 3, SHAPE, recipe="shifted:" + "+".join(synthetic.SHIFTS))
+    assert np.array_equal(every_part.images, shifted.images) and np.array_equal(every_part.label, shifted.label)
+    # tumour shape comes from "tumours" alone; the acquisition parts change images, never anatomy or labels
+    assert np.array_equal(make_case(0, 3, SHAPE, recipe="shifted:tumours").label, shifted.label)
+    for part in ("contrast", "noise", "bias", "slices"):
+        case = make_case(0, 3, SHAPE, recipe=f"shifted:{part}")
+        assert np.array_equal(case.label, default.label) and np.array_equal(case.tissue, default.tissue), part
+        assert not np.array_equal(case.images, default.images), part
+    # each part changes what it names: the bias part spreads white matter's level, the slices part smooths one axis
+    wm = (default.tissue == 3) & (default.label == 0)
+
+    def spread(case):
+        return np.std(np.log(case.images[1][wm].astype(float)))
+
+    assert spread(make_case(0, 3, SHAPE, recipe="shifted:bias")) > spread(
+        make_case(0, 3, SHAPE, recipe="shifted:noise")
+    )
+    root = ensure_dataset(tmp_path, cases=1, validation_cases=0, shape=SHAPE, recipe="shifted:bias+slices")
+    root = Path(root)
+    assert root.name.endswith("-shifted-bias-slices")
+    assert json.loads((root / "synthetic.json").read_text())["recipe"] == "shifted:bias+slices"
+
+
 def test_thick_slices_smooth_one_axis_only():
     from refineformer3d.data.synthetic.phantom import _thick_slices
 
@@ -281,8 +306,13 @@ def test_contrast_jitter_changes_intensities_only():
 
 
 def test_recipe_bad_arguments(tmp_path, capsys):
-    with pytest.raises(ValueError, match="unknown recipe"):
-        make_case(0, 1, SHAPE, recipe="other")
+    for recipe in ("other", "shifted:", "shifted:glare", "shifted:bias+", "default:bias"):
+        with pytest.raises(ValueError, match="unknown recipe"):
+            make_case(0, 1, SHAPE, recipe=recipe)
+    assert synthetic.main(["--output", str(tmp_path / "out"), "--recipe", "shifted:glare"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown recipe 'shifted:glare'") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="contrast_jitter"):
         ensure_dataset(tmp_path, cases=1, validation_cases=0, shape=SHAPE, contrast_jitter=-1)
     assert synthetic.main(["--output", str(tmp_path / "out"), "--contrast_jitter", "-0.5"]) == 2

@@ -171,6 +171,16 @@ def test_jittered_training_data_keeps_the_split_and_the_plain_test_studies(tmp_p
 
 def test_the_efficiency_idea_arms_load():
     arms = study.load_arms(study.REPO / "scripts" / "study_arms.json")
-    assert [a.name for a in arms] == ["tiny_ghost_off", "tiny_lowrank_off", "tiny_fourier1", "tiny_distilled"]
+    assert [a.name for a in arms] == [
+        "tiny_ghost_off",
+        "tiny_lowrank_off",
+        "tiny_fourier1",
+        "tiny_distilled",
+        "small_bias_field",
+    ]
     assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
     assert arms[1].overrides["network_def#ffn_rank_ratio"] is None
+    assert arms[4].overrides["augment_transforms"] == [] and study.render_overrides(arms[4].overrides)[-2:] == [
+        "--augment_transforms",
+        "[]",
+    ]

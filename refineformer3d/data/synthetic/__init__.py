@@ -12,7 +12,8 @@ field, Rician noise and per-case intensity scaling. Images are int16, labels uin
 Command line::
 
     python -m refineformer3d.data.synthetic --output DIR --cases 20 --validation_cases 5 --seed 0 \\
-        [--shape 240 240 155] [--preview] [--overwrite] [--recipe default|shifted] [--contrast_jitter 0.3]
+        [--shape 240 240 155] [--preview] [--overwrite] [--recipe default|shifted|shifted:PART+...] \\
+        [--contrast_jitter 0.3]
 
 writes::
 
@@ -26,12 +27,14 @@ The same seed gives the same bytes. Case ``i`` draws all its randomness from ``n
 
 ``--recipe shifted`` makes out-of-distribution studies from the same brains: another contrast table, tumours of two
 to four lobes with other core and edema proportions, more noise, a stronger bias field and thick slices (3-5 voxels
-along a random axis). ``--contrast_jitter J`` randomises the default table per study (training data). Neither changes
-the default dataset's bytes or its cache.
+along a random axis). ``--recipe shifted:bias+slices`` applies only the parts it names (``contrast``, ``tumours``,
+``noise``, ``bias``, ``slices``), to trace an out-of-distribution loss to its cause. ``--contrast_jitter J``
+randomises the default table per study (training data). None of these changes the default dataset's bytes or its
+cache.
 """
 
 from .cli import main
 from .dataset import ensure_dataset, make_dataset
-from .phantom import MODALITIES, RECIPES, SyntheticCase, make_case
+from .phantom import MODALITIES, RECIPES, SHIFTS, SyntheticCase, make_case
 
-__all__ = ["MODALITIES", "RECIPES", "SyntheticCase", "make_case", "make_dataset", "ensure_dataset", "main"]
+__all__ = ["MODALITIES", "RECIPES", "SHIFTS", "SyntheticCase", "make_case", "make_dataset", "ensure_dataset", "main"]

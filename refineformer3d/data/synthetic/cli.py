@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .dataset import make_dataset
-from .phantom import BRATS_SHAPE, RECIPES
+from .phantom import BRATS_SHAPE, SHIFTS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,9 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     parser.add_argument(
         "--recipe",
-        choices=RECIPES,
         default="default",
-        help="shifted: other contrasts, lobed tumours, more noise and bias, thick slices (out-of-distribution tests)",
+        help="default; shifted: other contrasts, lobed tumours, more noise and bias, thick slices (out-of-distribution "
+        f"tests); shifted:PART+PART applies only those parts, of {', '.join(SHIFTS)}",
     )
     parser.add_argument(
         "--contrast_jitter",

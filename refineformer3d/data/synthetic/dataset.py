@@ -90,7 +90,9 @@ def _parameters(
 
 def _variant(recipe: str, contrast_jitter: float) -> str:
     """The cache folder's suffix for a non-default recipe or jitter; empty for the default."""
-    return ("" if recipe == "default" else f"-{recipe}") + (f"-j{contrast_jitter:g}" if contrast_jitter else "")
+    # "shifted:bias+slices" becomes "-shifted-bias-slices": a folder name any file system takes
+    named = recipe.replace(":", "-").replace("+", "-")
+    return ("" if recipe == "default" else f"-{named}") + (f"-j{contrast_jitter:g}" if contrast_jitter else "")
 
 
 def _check_counts(cases: int, validation_cases: int, seed: int) -> None:
@@ -127,8 +129,8 @@ def make_dataset(
         shape: grid size; smaller than 240x240x155 scales the brain down (fast test data).
         preview: also write ``preview/<case>.png`` slices (needs matplotlib).
         overwrite: replace an existing non-empty ``output_dir``.
-        recipe: ``"default"``, or ``"shifted"`` (out-of-distribution studies; see
-            :func:`~refineformer3d.data.synthetic.make_case`).
+        recipe: ``"default"``, ``"shifted"`` or parts of it such as ``"shifted:bias+slices"`` (out-of-distribution
+            studies; see :func:`~refineformer3d.data.synthetic.make_case`).
         contrast_jitter: randomise the contrast table per study by ``exp(U(-j, j))`` per entry (training data).
 
     Returns:
@@ -209,7 +211,7 @@ def ensure_dataset(
         validation_cases: unlabelled validation cases.
         seed: dataset seed.
         shape: grid size.
-        recipe: ``"default"`` or ``"shifted"`` (see :func:`make_dataset`).
+        recipe: ``"default"``, ``"shifted"`` or ``"shifted:PART+..."`` (see :func:`make_dataset`).
         contrast_jitter: per-study contrast randomisation (see :func:`make_dataset`).
 
     Returns:

@@ -46,6 +46,9 @@ _CONTRAST_SHIFTED = np.array(
     dtype=np.float32,
 )
 RECIPES = ("default", "shifted")
+# The parts of the "shifted" recipe; "shifted:bias+slices" applies only those (the rest as in the default recipe), so
+# that a drop in Dice out of distribution can be traced to what causes it.
+SHIFTS = ("contrast", "tumours", "noise", "bias", "slices")
 _LGG_EVERY = 4  # cases 2, 6, 10, ... are LGG: 3 HGG to 1 LGG, as BraTS 2017's 210:75
 
 
@@ -110,9 +113,27 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return shape
 
 
+def _shifts(recipe: str) -> frozenset[str]:
+    """The parts of the shifted recipe that ``recipe`` applies: none, all (``"shifted"``) or those it names.
+
+    Raises:
+        ValueError: for an unknown recipe or part, or ``"shifted:"`` naming none.
+    """
+    if recipe in RECIPES:
+        return frozenset(SHIFTS if recipe == "shifted" else ())
+    base, _, named = recipe.partition(":")
+    parts = named.split("+") if named else []
+    unknown = [p for p in parts if p not in SHIFTS]
+    if base != "shifted" or not parts or unknown:
+        raise ValueError(
+            f"unknown recipe {recipe!r}; expected one of {list(RECIPES)}, or 'shifted:' and parts of {list(SHIFTS)} "
+            "joined by '+'"
+        )
+    return frozenset(parts)
+
+
 def _check_recipe(recipe: str, contrast_jitter: float) -> None:
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; expected one of {list(RECIPES)}")
+    _shifts(recipe)
     if not contrast_jitter >= 0:
         raise ValueError(f"contrast_jitter must be >= 0, got {contrast_jitter}")
 
@@ -321,25 +342,26 @@ def _modalities(
         brain: brain mask of the box.
         parts, texture: soft masks of the tumour tissues and their texture (see ``_tumour_parts``), for the voxels
             ``part_box`` of the box.
-        recipe: ``"default"``, or ``"shifted"``: its contrast table, more noise, a stronger bias field and thick
-            slices along a random axis.
+        recipe: ``"default"``, ``"shifted"`` (its contrast table, more noise, a stronger bias field and thick
+            slices along a random axis), or ``"shifted:"`` with some of those parts (see ``make_case``).
         contrast_jitter: each entry of the contrast table is scaled by ``exp(U(-j, j))`` drawn from ``jitter_rng``,
             so that a network cannot learn one table's levels; 0 leaves the case as it was.
 
     Returns:
         (4, *box_shape) int16.
     """
-    shifted = recipe == "shifted"
-    table = _CONTRAST_SHIFTED if shifted else _CONTRAST
+    shifts = _shifts(recipe)
+    shifted = bool(shifts)
+    table = _CONTRAST_SHIFTED if "contrast" in shifts else _CONTRAST
     levels = np.array(_template().levels, dtype=np.float32)
     contrast = table * rng.uniform(0.93, 1.07, size=table.shape).astype(np.float32)
     if contrast_jitter > 0:
         # A stream of its own: the rest of the case stays what it is without jitter.
         contrast *= np.exp(jitter_rng.uniform(-contrast_jitter, contrast_jitter, size=table.shape)).astype(np.float32)
     wm_level = np.array([rng.uniform(*r) for r in _WM_LEVEL], dtype=np.float32)
-    noise = np.float32(rng.uniform(0.04, 0.08) if shifted else rng.uniform(0.015, 0.04))
-    bias_std = np.array([0.08, 0.08, 0.08, 0.05, 0.05, 0.05, 0.04, 0.04, 0.04]) * (2.5 if shifted else 1.0)
-    if shifted:  # a 2D acquisition: slices 3 to 5 voxels thick along one axis
+    noise = np.float32(rng.uniform(0.04, 0.08) if "noise" in shifts else rng.uniform(0.015, 0.04))
+    bias_std = np.array([0.08, 0.08, 0.08, 0.05, 0.05, 0.05, 0.04, 0.04, 0.04]) * (2.5 if "bias" in shifts else 1.0)
+    if shifted:  # a 2D acquisition: slices 3 to 5 voxels thick along one axis (drawn for every part: same streams)
         slice_axis, slice_thickness = int(rng.integers(3)), int(rng.integers(3, 6))
     amount = np.clip(sum(parts.values()), 0, 1)
     xyz = [
@@ -366,7 +388,7 @@ def _modalities(
             + c[7] * xyz[0] * xyz[2]
             + c[8] * xyz[1] * xyz[2]
         )
-        if shifted:
+        if "slices" in shifts:
             values = _thick_slices(signal * np.exp(log_bias), slice_axis, slice_thickness)[inside]
         else:
             values = signal[inside] * np.exp(log_bias[inside])
@@ -419,6 +441,8 @@ def make_case(
         recipe: ``"default"``, or ``"shifted"`` for out-of-distribution tests: another contrast table, tumours of two
             to four lobes with other core, necrosis and edema proportions, more noise, a stronger bias field and
             slices 3 to 5 voxels thick along a random axis.
+            ``"shifted:bias+slices"`` applies only the parts it names, out of ``SHIFTS``: ``contrast`` (the
+            table), ``tumours``, ``noise``, ``bias``, ``slices``; the others stay as in the default recipe.
         contrast_jitter: randomises the contrast table per study, each entry scaled by ``exp(U(-j, j))`` (training
             data that does not teach one table's levels; 0.3 is about +-35 %). 0 gives the same case as before.
 
@@ -438,7 +462,7 @@ def make_case(
     name = f"Brats17_{'SYNVAL' if validation else 'SYN'}_{index:04d}_1"
     template = _template()
     matrix, brain_scale = _draw_pose(rng, shape)
-    tumour = (_draw_shifted_tumour if recipe == "shifted" else _draw_tumour)(rng, grade, brain_scale)
+    tumour = (_draw_shifted_tumour if "tumours" in _shifts(recipe) else _draw_tumour)(rng, grade, brain_scale)
     centre = np.linalg.solve(matrix[:3, :3], _draw_centre(rng, tumour, brain_scale) - matrix[:3, 3])
 
     # Only the box that can hold the brain is computed: the template's bounding box mapped out, plus the warps.
