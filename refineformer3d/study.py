@@ -5,12 +5,16 @@ training`` with the same studies, split, crop, epochs and iterations; the checkp
 only (the bundle's key metric); the chosen checkpoint then segments the held-out test split and an out-of-distribution
 test set (other seed, the generator's ``shifted`` recipe) through ``evaluate.json``, which scores with the BraTS
 challenge's package (:mod:`refineformer3d.evaluate`). Per run it writes the tables of both; over the runs, a CSV of
-every run and a Markdown summary with mean +- std over seeds per arm.
+every run and a Markdown summary with mean +- std over seeds per arm. ``--ood_recipes`` scores further
+out-of-distribution sets of the same seed, e.g. each part of the shifted recipe alone (``shifted:contrast``) and the
+default recipe itself (new studies, no shift), so that a loss out of distribution can be traced to its cause; a
+finished run only gets the sets it lacks scored.
 
 Command line::
 
     python -m refineformer3d.study --output DIR [--seeds 0 1 2] [--epochs 8] [--arms FILE ...] [--only NAME ...] \\
-        [--cases 40 --ood_cases 12 --shape 120 120 78 --roi_size 64 64 64] [--jobs 2 --threads 1] [--plan]
+        [--cases 40 --ood_cases 12 --shape 120 120 78 --roi_size 64 64 64] [--jobs 2 --threads 1] [--plan] \\
+        [--ood_recipes shifted default shifted:contrast ...]
 
 Arms are a JSON list of ``{"name", "overrides": {bundle key: value}, "configs": [overlay files relative to the
 repository], "description"}``; each override goes to ``monai.bundle run`` as ``--key value``. A finished run
@@ -53,6 +57,7 @@ METRICS = (
     ("hd95_wt", "WT HD95"),
     ("hd95_tc", "TC HD95"),
 )
+RECIPE_METRICS = (("dice_wt", "WT"), ("dice_tc", "TC"), ("dice_edema", "edema"))
 
 
 @dataclass(frozen=True)
@@ -145,12 +150,17 @@ def render_overrides(overrides: Mapping) -> list[str]:
 
 
 def plan(
-    arms: Sequence[Arm], seeds: Sequence[int], output: Path, arm_seeds: Mapping[str, Sequence[int]] | None = None
+    arms: Sequence[Arm],
+    seeds: Sequence[int],
+    output: Path,
+    arm_seeds: Mapping[str, Sequence[int]] | None = None,
+    finished: bool = False,
 ) -> list[tuple[Arm, int, Path]]:
     """The runs still to do, seed-major (every arm's first seed first, so a cut-short study has whole seeds).
 
     Args:
         arm_seeds: seeds for particular arms (a slow network given fewer), instead of ``seeds``.
+        finished: the finished runs instead.
     """
     arm_seeds = arm_seeds or {}
     every = sorted(set(seeds).union(*arm_seeds.values()))
@@ -159,7 +169,7 @@ def plan(
         for seed in every
         for arm in arms
         if seed in arm_seeds.get(arm.name, seeds)
-        and not (output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE).is_file()
+        and (output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE).is_file() == finished
     ]
 
 
@@ -177,25 +187,39 @@ class Settings:
     data_seed: int = 0
     ood_seed: int = 1000
     contrast_jitter: float = 0.0
+    # OOD sets scored besides the study's own (``shifted``, in ``ood``), e.g. ("default", "shifted:contrast")
+    ood_recipes: tuple[str, ...] = ()
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     threads: int = 1
     extra: tuple[str, ...] = ()  # further --key value arguments for every arm, e.g. ("--learning_rate", "0.001")
 
 
-def prepare_data(settings: Settings) -> tuple[Path, Path, dict]:
-    """Makes (or reuses) the studies and writes the two datalists the runs read.
+OOD_RECIPE = "shifted"  # the study's own out-of-distribution set
+
+
+def ood_recipes(settings: Settings) -> list[str]:
+    """Every OOD recipe a run is scored on, the study's own first."""
+    return [OOD_RECIPE, *(r for r in dict.fromkeys(settings.ood_recipes) if r != OOD_RECIPE)]
+
+
+def ood_folder(recipe: str) -> str:
+    """The run's folder (and step) name for scoring the OOD set of ``recipe``: ``ood`` for the study's own set."""
+    return "ood" if recipe == OOD_RECIPE else "ood_" + recipe.replace(":", "-")
+
+
+def prepare_data(settings: Settings) -> tuple[Path, dict[str, Path], dict]:
+    """Makes (or reuses) the studies and writes the datalists the runs read.
 
     Returns:
-        The in-distribution datalist (training, validation, testing), the out-of-distribution one (all in testing),
-        and the number of studies per split.
+        The in-distribution datalist (training, validation, testing), the out-of-distribution ones per recipe (all
+        in testing; the same seed for every recipe), and the number of studies per split.
     """
     from refineformer3d.data import build_datalist, ensure_dataset, load_datalist, write_datalist
 
     data = settings.output / "data"
     common = {"cache_dir": data, "validation_cases": 0, "shape": settings.shape}
     in_root = ensure_dataset(cases=settings.cases, seed=settings.data_seed, **common)
-    ood_root = ensure_dataset(cases=settings.ood_cases, seed=settings.ood_seed, recipe="shifted", **common)
     splitting = {
         "val_fraction": settings.val_fraction,
         "test_fraction": settings.test_fraction,
@@ -212,13 +236,17 @@ def prepare_data(settings: Settings) -> tuple[Path, Path, dict]:
         if [e["case"] for e in training] != [e["case"] for e in datalist["training"]]:
             raise RuntimeError(f"{jittered_root} does not hold the studies of {in_root}")
         datalist["training"] = training
-    ood = build_datalist(ood_root, val_fraction=0.0, test_fraction=0.0)
-    ood = {**ood, "training": [], "validation": [], "testing": ood["training"] + ood["testing"]}
+    ood_paths = {}
+    for recipe in ood_recipes(settings):
+        root = ensure_dataset(cases=settings.ood_cases, seed=settings.ood_seed, recipe=recipe, **common)
+        ood = build_datalist(root, val_fraction=0.0, test_fraction=0.0)
+        ood = {**ood, "training": [], "validation": [], "testing": ood["training"] + ood["testing"]}
+        ood_paths[recipe] = write_datalist(ood, data / f"{ood_folder(recipe)}.json")
     # a study with jittered training data names its datalist apart: one output folder can hold both kinds of run
     name = f"datalist_j{settings.contrast_jitter:g}.json" if settings.contrast_jitter else "datalist.json"
-    in_path, ood_path = write_datalist(datalist, data / name), write_datalist(ood, data / "ood.json")
+    in_path = write_datalist(datalist, data / name)
     sizes = {split: len(datalist[split]) for split in ("training", "validation", "testing")}
-    return in_path, ood_path, {**sizes, "ood": len(ood["testing"])}
+    return in_path, ood_paths, {**sizes, "ood": settings.ood_cases}
 
 
 def _bundle_command(workflow: str, configs: Sequence[str], arguments: Sequence[str]) -> list[str]:
@@ -239,8 +267,10 @@ def _bundle_command(workflow: str, configs: Sequence[str], arguments: Sequence[s
     ]
 
 
-def commands(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Path]) -> dict:
-    """The three bundle commands of one run: training, scoring the test split, scoring the OOD set."""
+def commands(
+    arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Mapping[str, Path]]
+) -> dict:
+    """The bundle commands of one run: training, scoring the test split, scoring each OOD set (``ood`` first)."""
     configs = ["bundle/configs/train.json", *arm.configs]
     shared = [
         "--bundle_root",
@@ -275,11 +305,10 @@ def commands(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: 
         arguments += ["--output_dir", str(run_dir / name), *shared]
         return _bundle_command("evaluating", [*configs, "bundle/configs/evaluate.json"], arguments)
 
-    return {
-        "train": _bundle_command("training", configs, train),
-        "test": scoring(datalists[0], "test"),
-        "ood": scoring(datalists[1], "ood"),
-    }
+    steps = {"train": _bundle_command("training", configs, train), "test": scoring(datalists[0], "test")}
+    for recipe, path in datalists[1].items():
+        steps[ood_folder(recipe)] = scoring(path, ood_folder(recipe))
+    return steps
 
 
 def _edema_dice(folder: Path) -> float:
@@ -319,22 +348,18 @@ def _parameters(arm: Arm) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def run_one(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Path], sizes: dict) -> dict:
-    """Trains and scores one (arm, seed); writes ``result.json`` last, so a run with it is complete.
+def _run_steps(steps: Mapping[str, list[str]], run_dir: Path, settings: Settings, what: str) -> dict[str, float]:
+    """Runs bundle commands one after the other, each logged to ``run_dir/<step>.log``; their wall times.
 
     Raises:
-        RuntimeError: when a bundle command fails, naming the log file.
+        RuntimeError: when a command fails, naming the log file.
     """
-    if run_dir.exists():  # an interrupted run: start it again from scratch
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "OMP_NUM_THREADS": str(settings.threads),
         "MKL_NUM_THREADS": str(settings.threads),
     }
-    steps = commands(arm, seed, run_dir, settings, datalists)
     wall = {}
     for step, command in steps.items():
         log = run_dir / f"{step}.log"
@@ -345,7 +370,27 @@ def run_one(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: t
             proc = subprocess.run(command, cwd=REPO, env=env, stdout=stream, stderr=subprocess.STDOUT)
         wall[step] = time.perf_counter() - start
         if proc.returncode != 0:
-            raise RuntimeError(f"{arm.name} seed {seed}: {step} failed (exit {proc.returncode}); see {log}")
+            raise RuntimeError(f"{what}: {step} failed (exit {proc.returncode}); see {log}")
+    return wall
+
+
+def _ood_results(run_dir: Path, settings: Settings) -> dict[str, dict]:
+    return {recipe: _scores(run_dir / ood_folder(recipe)) for recipe in ood_recipes(settings)}
+
+
+def run_one(
+    arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Mapping[str, Path]], sizes: dict
+) -> dict:
+    """Trains and scores one (arm, seed); writes ``result.json`` last, so a run with it is complete.
+
+    Raises:
+        RuntimeError: when a bundle command fails, naming the log file.
+    """
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    steps = commands(arm, seed, run_dir, settings, datalists)
+    wall = _run_steps(steps, run_dir, settings, f"{arm.name} seed {seed}")
     result = {
         "arm": arm.name,
         "seed": seed,
@@ -356,13 +401,51 @@ def run_one(arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: t
         "epochs": settings.epochs,
         "iterations": settings.epochs * sizes["training"],
         "train_wall_s": wall["train"],
-        "score_wall_s": wall["test"] + wall["ood"],
+        "score_wall_s": sum(v for k, v in wall.items() if k != "train"),
         "test": _scores(run_dir / "test"),
         "ood": _scores(run_dir / "ood"),
+        "ood_recipes": _ood_results(run_dir, settings),
         "commands": {k: " ".join(v) for k, v in steps.items()},
     }
+    _write_result(run_dir, result)
+    return result
+
+
+def _write_result(run_dir: Path, result: Mapping) -> None:
     text = json.dumps(_finite(result), indent=2) + "\n"
     write_atomically(run_dir / RESULT_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def missing_ood(run_dir: Path, settings: Settings) -> list[str]:
+    """The OOD recipes that a finished run has not been scored on (a study re-run with more ``ood_recipes``)."""
+    result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    return [r for r in ood_recipes(settings) if r not in _scored(result)]
+
+
+def _scored(result: Mapping) -> dict:
+    """A result's scores per OOD recipe (runs from before ``ood_recipes`` have the study's own set only)."""
+    return {OOD_RECIPE: result["ood"], **result.get("ood_recipes", {})}
+
+
+def score_missing(
+    arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Mapping[str, Path]], sizes: dict
+) -> dict:
+    """Scores a finished run's checkpoint on the OOD sets it lacks; rewrites ``result.json`` with them added.
+
+    Raises:
+        RuntimeError: when a bundle command fails, naming the log file.
+    """
+    result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    recipes = missing_ood(run_dir, settings)
+    every = commands(arm, seed, run_dir, settings, datalists)
+    steps = {ood_folder(r): every[ood_folder(r)] for r in recipes}
+    for step in steps:
+        shutil.rmtree(run_dir / step, ignore_errors=True)  # an interrupted scoring: its folder starts empty
+    wall = _run_steps(steps, run_dir, settings, f"{arm.name} seed {seed}")
+    result["ood_recipes"] = _scored(result) | {r: _scores(run_dir / ood_folder(r)) for r in recipes}
+    result["score_wall_s"] += sum(wall.values())
+    result["commands"] = {**result["commands"], **{k: " ".join(v) for k, v in steps.items()}}
+    _write_result(run_dir, result)
     return result
 
 
@@ -400,6 +483,16 @@ def summarise(results: Sequence[Mapping]) -> list[dict]:
                 row[f"{where}_{key}"] = mean_std([r[where].get(key) for r in runs])
         for key in ("dice_tc", "dice_edema"):
             row[f"ratio_{key}"] = mean_std([_ratio(r["ood"].get(key), r["test"].get(key)) for r in runs])
+        # per OOD recipe, over the seeds scored on it: Dice, and Dice as a fraction of the same run's test split
+        recipes = dict.fromkeys(recipe for r in runs for recipe in _scored(r))
+        row["ood_recipes"] = {}
+        for recipe in recipes:
+            scored = [r for r in runs if recipe in _scored(r)]
+            cells = {key: mean_std([_scored(r)[recipe].get(key) for r in scored]) for key, _ in RECIPE_METRICS}
+            for key, _ in RECIPE_METRICS:
+                ratios = [_ratio(_scored(r)[recipe].get(key), r["test"].get(key)) for r in scored]
+                cells[f"ratio_{key}"] = mean_std(ratios)
+            row["ood_recipes"][recipe] = cells
         row["train_wall_s"] = mean_std([r["train_wall_s"] for r in runs])
         rows.append(row)
     return rows
@@ -433,6 +526,15 @@ def markdown(rows: Sequence[Mapping], header: str) -> str:
             f"| {row['arm']} | {row['parameters'] / 1e6:.2f} | {row['iterations']} | {_pm(row['ratio_dice_tc'], 2)} "
             f"| {_pm(row['ratio_dice_edema'], 2)} | {_pm(minutes, 1)} |"
         )
+    if any(len(row["ood_recipes"]) > 1 for row in rows):
+        lines += ["", "**Out of distribution by recipe** (Dice; in brackets, as a fraction of the test split's)", ""]
+        names = [h for _, h in RECIPE_METRICS]
+        lines += ["| arm | recipe | seeds | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+        for row in rows:
+            for recipe, cells in row["ood_recipes"].items():
+                values = [f"{_pm(cells[k])} ({_pm(cells[f'ratio_{k}'], 2)})" for k, _ in RECIPE_METRICS]
+                seeds = cells[RECIPE_METRICS[0][0]][2]
+                lines.append(f"| {row['arm']} | {recipe} | {seeds} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -467,14 +569,14 @@ def write_summary(output: Path, arms: Sequence[Arm], header: str) -> list[dict]:
     return rows
 
 
-def _finite_rows(rows):
-    return [
-        {
-            k: [None if isinstance(x, float) and math.isnan(x) else x for x in v] if isinstance(v, tuple) else v
-            for k, v in row.items()
-        }
-        for row in rows
-    ]
+def _finite_rows(value):
+    if isinstance(value, tuple):
+        return [None if isinstance(x, float) and math.isnan(x) else x for x in value]
+    if isinstance(value, dict):
+        return {k: _finite_rows(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_rows(v) for v in value]
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,6 +596,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--roi_size", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
     parser.add_argument("--pixdim", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("X", "Y", "Z"))
     parser.add_argument("--contrast_jitter", type=float, default=0.0, help="randomise the training data's contrasts")
+    parser.add_argument(
+        "--ood_recipes",
+        nargs="+",
+        default=[],
+        metavar="RECIPE",
+        help="further OOD sets to score (same seed), e.g. default shifted:contrast shifted:tumours; finished runs "
+        "are scored on the ones they lack",
+    )
     parser.add_argument("--val_fraction", type=float, default=0.15)
     parser.add_argument("--test_fraction", type=float, default=0.25)
     parser.add_argument(
@@ -535,27 +645,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             ood_cases=args.ood_cases,
             shape=tuple(args.shape),
             contrast_jitter=args.contrast_jitter,
+            ood_recipes=tuple(args.ood_recipes),
             val_fraction=args.val_fraction,
             test_fraction=args.test_fraction,
             threads=args.threads,
             extra=tuple(args.extra),
         )
+        from refineformer3d.data.synthetic import check_recipe
+
+        for recipe in settings.ood_recipes:
+            check_recipe(recipe)
         todo = plan(arms, args.seeds, settings.output, arm_seeds)
+        rescore = [
+            (arm, seed, run_dir)
+            for arm, seed, run_dir in plan(arms, args.seeds, settings.output, arm_seeds, finished=True)
+            if missing_ood(run_dir, settings)
+        ]
         if args.plan:
             for arm, seed, run_dir in todo:
                 print(f"{arm.name} seed {seed}: {run_dir}")
+            for arm, seed, run_dir in rescore:
+                print(f"{arm.name} seed {seed}: score {missing_ood(run_dir, settings)} in {run_dir}")
             return 0
         settings.output.mkdir(parents=True, exist_ok=True)
-        in_path, ood_path, sizes = prepare_data(settings)
+        in_path, ood_paths, sizes = prepare_data(settings)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"studies per split: {sizes}; {len(todo)} runs to do", flush=True)
+    print(f"studies per split: {sizes}; {len(todo)} runs to do, {len(rescore)} to score on more OOD sets", flush=True)
     failures = []
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {
-            pool.submit(run_one, arm, seed, run_dir, settings, (in_path, ood_path), sizes): (arm, seed)
-            for arm, seed, run_dir in todo
+            pool.submit(step, arm, seed, run_dir, settings, (in_path, ood_paths), sizes): (arm, seed)
+            for step, runs in ((score_missing, rescore), (run_one, todo))
+            for arm, seed, run_dir in runs
         }
         for future in concurrent.futures.as_completed(futures):
             arm, seed = futures[future]

@@ -177,3 +177,15 @@ def test_augment_overlay_draws_a_bias_field_per_sequence_before_normalising(tiny
     assert (image[:, ~brain] == 0).all(), "the background stays zero, so the nonzero normalisation sees the same brain"
     assert not torch.allclose(ratios[0], ratios[1], rtol=1e-3), "the sequences' fields differ"
     assert ratios.min() > 0.2 and ratios.max() < 5.0 and ratios.std(dim=1).min() > 1e-3
+
+
+def test_augment_overlay_bias_field_strength_is_a_config_key(tiny_brats):
+    parser = _parser(tiny_brats, "augment.json")
+    # coefficients of either sign by default: MONAI draws every Legendre coefficient from the range, and a range of
+    # positive values alone makes every field brighten the same corners of the volume
+    default = [t for t in parser.get_parsed_content("train#preprocessing").transforms if hasattr(t, "rand_bias_field")]
+    assert {(t.prob, t.rand_bias_field.coeff_range) for t in default} == {(0.5, (-0.2, 0.2))}
+    parser = _parser(tiny_brats, "augment.json")
+    parser["bias_field_prob"], parser["bias_field_coeff_range"] = 0.7, "$(0.0, 0.3)"
+    fields = [t for t in parser.get_parsed_content("train#preprocessing").transforms if hasattr(t, "rand_bias_field")]
+    assert len(fields) == 4 and all(t.prob == 0.7 and t.rand_bias_field.coeff_range == (0.0, 0.3) for t in fields)

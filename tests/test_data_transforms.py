@@ -170,3 +170,47 @@ def test_path_safe_spacingd_is_spacingd_with_monai_label_keys(tmp_path):
     torch.testing.assert_close(out["image"].as_tensor(), reference.as_tensor())
     restored = safe.inverse(out)
     assert restored["image"].shape == (4, 8, 10, 6) and restored["image_path"] == str(path)
+
+
+def _thick(image, **kwargs):
+    from refineformer3d.data import RandThickSlicesd
+
+    transform = RandThickSlicesd("image", prob=1.0, **kwargs)
+    transform.set_random_state(0)
+    return transform({"image": image})["image"]
+
+
+def test_thick_slices_blur_one_axis_and_keep_the_others_and_the_background():
+    # a checkerboard along x only: slabs of 2 voxels average it away along x
+    x = torch.arange(8.0).reshape(8, 1, 1).expand(8, 6, 4) % 2 + 1.0
+    y = torch.arange(6.0).reshape(1, 6, 1).expand(8, 6, 4) + 1.0
+    image = MetaTensor(torch.stack([x, y]), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    image[:, :, :, 0] = 0  # background: zero in every channel
+    out = _thick(image, thickness=(2, 2), axes=(0,))
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, image.affine) and out.shape == image.shape
+    assert torch.allclose(out[0, :, :, 1:], torch.full_like(out[0, :, :, 1:], 1.5))  # the slab means
+    assert torch.allclose(out[1], image[1])  # constant along x: linear interpolation keeps it exactly
+    assert torch.count_nonzero(out[:, :, :, 0]) == 0
+    # along y a linear ramp between slice centres stays a ramp inside; thickness 1 changes nothing
+    ramp = _thick(torch.stack([y, y]), thickness=(3, 3), axes=(1,))
+    assert torch.allclose(ramp[0, :, 1:5], y[:, 1:5], atol=0.51) and not torch.allclose(ramp[0], y)
+    assert torch.equal(_thick(image, thickness=(1, 1)), image)
+
+
+def test_thick_slices_draw_axis_and_thickness_per_call_and_check_arguments():
+    from refineformer3d.data import RandThickSlicesd
+
+    transform = RandThickSlicesd("image", prob=1.0, thickness=(2, 5))
+    transform.set_random_state(3)
+    drawn = set()
+    for _ in range(40):
+        transform.randomize()
+        drawn.add((transform._axis, transform._slice))
+    assert {a for a, _ in drawn} == {0, 1, 2} and {t for _, t in drawn} == {2, 3, 4, 5}
+    for bad in ((0, 2), (3, 2)):
+        with pytest.raises(ValueError, match="thickness"):
+            RandThickSlicesd("image", thickness=bad)
+    with pytest.raises(ValueError, match="axes"):
+        RandThickSlicesd("image", axes=())
+    with pytest.raises(ValueError, match=r"\(C, X, Y, Z\)"):
+        _thick(torch.ones(4, 4, 4))

@@ -55,8 +55,13 @@ def test_overrides_render_as_python_literals_for_the_bundle_command_line(tmp_pat
     ]
     settings = study.Settings(output=tmp_path, epochs=3, extra=("--sw_overlap", "0.25"))
     arm = study.DEFAULT_ARMS[2]
-    commands = study.commands(arm, 1, tmp_path / "run", settings, (tmp_path / "d.json", tmp_path / "ood.json"))
+    ood_sets = {"shifted": tmp_path / "ood.json", "shifted:contrast": tmp_path / "ood_shifted-contrast.json"}
+    commands = study.commands(arm, 1, tmp_path / "run", settings, (tmp_path / "d.json", ood_sets))
+    assert list(commands) == ["train", "test", "ood", "ood_shifted-contrast"]
     train, ood = commands["train"], commands["ood"]
+    part = commands["ood_shifted-contrast"]
+    assert part[part.index("--dataset_dir") + 1].endswith("ood_shifted-contrast.json")
+    assert part[part.index("--output_dir") + 1] == str(tmp_path / "run" / "ood_shifted-contrast")
     assert train[3:5] == ["run", "training"] and ood[4] == "evaluating"
     assert eval(train[6])[-1].endswith("bundle/configs/augment.json")  # the overlay after train.json
     assert eval(ood[6])[-1].endswith("bundle/configs/evaluate.json")
@@ -148,7 +153,19 @@ def test_tiny_study_end_to_end_and_resumes(tmp_path, capsys):
     assert "| refineformer3d_tiny | 1 |" in (tmp_path / "study.md").read_text()
     capsys.readouterr()
     assert study.main(arguments) == 0
-    assert "0 runs to do" in capsys.readouterr().out
+    assert "0 runs to do, 0 to score" in capsys.readouterr().out
+    # more OOD sets later: the finished run is scored on them, not trained again
+    model = tmp_path / "runs" / "refineformer3d_tiny" / "seed0" / "models" / "model.pt"
+    trained = model.stat().st_mtime_ns
+    assert study.main([*arguments, "--ood_recipes", "default", "shifted:noise"]) == 0
+    assert "0 runs to do, 1 to score on more OOD sets" in capsys.readouterr().out
+    rescored = json.loads((tmp_path / "runs" / "refineformer3d_tiny" / "seed0" / study.RESULT_FILE).read_text())
+    assert (
+        list(rescored["ood_recipes"]) == ["shifted", "default", "shifted:noise"] and model.stat().st_mtime_ns == trained
+    )
+    assert rescored["ood_recipes"]["shifted"] == rescored["ood"] == result["ood"]
+    assert 0 <= rescored["ood_recipes"]["shifted:noise"]["dice_wt"] <= 1
+    assert "| refineformer3d_tiny | shifted:noise | 1 |" in (tmp_path / "study.md").read_text()
 
 
 def test_jittered_training_data_keeps_the_split_and_the_plain_test_studies(tmp_path):
@@ -177,10 +194,64 @@ def test_the_efficiency_idea_arms_load():
         "tiny_fourier1",
         "tiny_distilled",
         "small_bias_field",
+        "small_acquisition",
+        "small_acquisition_strong",
+        "small_bias_field_signed",
+        "tiny_bias_field_signed",
     ]
     assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
+    (thick,) = arms[5].overrides["augment_transforms"]
+    assert thick["_target_"] == "refineformer3d.data.RandThickSlicesd" and "bias_field_prob" not in arms[5].overrides
+    assert arms[6].overrides["bias_field_prob"] == 1.0
     assert arms[1].overrides["network_def#ffn_rank_ratio"] is None
-    assert arms[4].overrides["augment_transforms"] == [] and study.render_overrides(arms[4].overrides)[-2:] == [
-        "--augment_transforms",
-        "[]",
+    rendered = study.render_overrides(arms[4].overrides)
+    assert (
+        arms[4].overrides["augment_transforms"] == [] and rendered[rendered.index("--augment_transforms") + 1] == "[]"
+    )
+    # the arms measured with MONAI's positive-only coefficients say so, since augment.json's default is signed
+    assert [a.overrides.get("bias_field_coeff_range") for a in arms[4:]] == [
+        "$(0.0, 0.2)",
+        "$(0.0, 0.2)",
+        "$(0.0, 0.3)",
+        "$(-0.2, 0.2)",
+        "$(-0.2, 0.2)",
     ]
+
+
+def test_ood_recipes_the_study_own_set_first_and_once():
+    settings = study.Settings(output=None, ood_recipes=("default", "shifted", "shifted:bias+slices", "default"))
+    assert study.ood_recipes(settings) == ["shifted", "default", "shifted:bias+slices"]
+    assert [study.ood_folder(r) for r in study.ood_recipes(settings)] == [
+        "ood",
+        "ood_default",
+        "ood_shifted-bias+slices",
+    ]
+
+
+def test_finished_runs_lacking_an_ood_recipe_are_scored_on_it(tmp_path):
+    settings = study.Settings(output=tmp_path, ood_recipes=("default", "shifted:noise"))
+    head, scores = _result("a", 0, 0.7, 0.6, 0.8)
+    folder = tmp_path / "runs" / "a" / "seed0"
+    folder.mkdir(parents=True)
+    # a run from before ood_recipes: its "ood" is the study's own set
+    (folder / study.RESULT_FILE).write_text(json.dumps({**head, **scores}))
+    assert study.missing_ood(folder, settings) == ["default", "shifted:noise"]
+    finished = study.plan([study.Arm("a"), study.Arm("b")], [0], tmp_path, finished=True)
+    assert [(arm.name, seed) for arm, seed, _ in finished] == [("a", 0)]
+    (folder / study.RESULT_FILE).write_text(
+        json.dumps({**head, **scores, "ood_recipes": {"shifted": scores["ood"], "shifted:noise": scores["test"]}})
+    )
+    assert study.missing_ood(folder, settings) == ["default"]
+    (row,) = study.summarise([json.loads((folder / study.RESULT_FILE).read_text())])
+    assert list(row["ood_recipes"]) == ["shifted", "shifted:noise"]
+    assert row["ood_recipes"]["shifted:noise"]["ratio_dice_tc"][0] == pytest.approx(1.0)
+    assert row["ood_recipes"]["shifted"]["ratio_dice_tc"][0] == pytest.approx(0.8)
+    text = study.markdown([row], "header")
+    assert "| a | shifted:noise | 1 | 0.900 (1.00) | 0.700 (1.00) | 0.600 (1.00) |" in text
+
+
+def test_an_unknown_ood_recipe_is_one_line(tmp_path, capsys):
+    arguments = ["--output", str(tmp_path), "--only", "refineformer3d_tiny", "--ood_recipes", "shifted:colour"]
+    assert study.main([*arguments, "--cases", "3", "--ood_cases", "1", "--shape", "32", "32", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown recipe 'shifted:colour'") and err.count("\n") == 1

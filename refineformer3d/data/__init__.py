@@ -38,6 +38,7 @@ _EXPORTS = {
     "BratsLabelsFromPredictiond": "transforms",
     "ConvertBratsLabelsd": "transforms",
     "PathSafeSpacingd": "transforms",
+    "RandThickSlicesd": "transforms",
     "RelabelSmallEnhancingd": "transforms",
 }
 __all__ = list(_EXPORTS)
@@ -65,6 +66,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         BratsLabelsFromPredictiond,
         ConvertBratsLabelsd,
         PathSafeSpacingd,
+        RandThickSlicesd,
         RelabelSmallEnhancingd,
     )
     from .validation import check_study, checked_datalist, verify_entries  # noqa: F401

@@ -1,5 +1,5 @@
-"""BraTS label transforms that MONAI lacks (convention-aware label schemes, prediction-to-label conversion), and a
-resampling transform that runs under MONAI Label.
+"""BraTS label transforms that MONAI lacks (convention-aware label schemes, prediction-to-label conversion), a
+resampling transform that runs under MONAI Label, and the thick-slice acquisition that MONAI's augmentations lack.
 
 Label schemes:
 
@@ -19,14 +19,29 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import AsDiscrete, ConvertToMultiChannelBasedOnBratsClasses, MapLabelValue, MapTransform, Spacingd
+from monai.transforms import (
+    AsDiscrete,
+    ConvertToMultiChannelBasedOnBratsClasses,
+    MapLabelValue,
+    MapTransform,
+    RandomizableTransform,
+    Spacingd,
+)
 from monai.utils import PostFix, convert_to_dst_type
 
 from refineformer3d.labels import CONVENTIONS, SCHEMES, check_convention, check_scheme
 
-__all__ = ["SCHEMES", "ConvertBratsLabelsd", "BratsLabelsFromPredictiond", "PathSafeSpacingd", "RelabelSmallEnhancingd"]
+__all__ = [
+    "SCHEMES",
+    "ConvertBratsLabelsd",
+    "BratsLabelsFromPredictiond",
+    "PathSafeSpacingd",
+    "RandThickSlicesd",
+    "RelabelSmallEnhancingd",
+]
 
 
 def _source_name(data: Mapping, key: Hashable, value) -> str:
@@ -227,3 +242,71 @@ class RelabelSmallEnhancingd(MapTransform):
                     else (np.where(enhancing, self.necrosis, label).astype(label.dtype))
                 )
         return d
+
+
+class RandThickSlicesd(RandomizableTransform, MapTransform):
+    """Simulates a 2-D acquisition: slices several voxels thick along one random axis, resampled back to the grid.
+
+    Clinical studies are often 2-D sequences (FLAIR and T2 with 3-5 mm slices) resampled to 1 mm, so that one axis
+    is blurred and the others are sharp. MONAI's ``RandSimulateLowResolutiond`` zooms every axis alike; this averages
+    slabs of ``thickness`` voxels along one axis (each slice the mean of its slab) and fills the grid by linear
+    interpolation between slice centres, as a scanner's reformat does. The axis and thickness are drawn once per call
+    and shared by every key and channel (one acquisition geometry); voxels that were zero in every channel (outside
+    the skull-stripped brain) stay zero.
+
+    Args:
+        keys: keys of (C, X, Y, Z) images.
+        prob: probability of thick slices.
+        thickness: (min, max) slice thickness in voxels, drawn as an integer in that range.
+        axes: the spatial axes a slice direction is drawn from.
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: for a thickness below 1 or a reversed range, or no axes.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        thickness: tuple[int, int] = (2, 5),
+        axes: tuple[int, ...] = (0, 1, 2),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        low, high = (int(t) for t in thickness)
+        if not 1 <= low <= high:
+            raise ValueError(f"thickness must be (min, max) with 1 <= min <= max voxels, got {tuple(thickness)}")
+        if not axes:
+            raise ValueError("axes must name at least one spatial axis")
+        self.thickness, self.axes = (low, high), tuple(int(a) for a in axes)
+        self._axis, self._slice = 0, 1
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self._axis = self.axes[int(self.R.randint(len(self.axes)))]
+        self._slice = int(self.R.randint(self.thickness[0], self.thickness[1] + 1))
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform or self._slice == 1:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self._thick(d[key])
+        return d
+
+    def _thick(self, image: NdarrayOrTensor) -> NdarrayOrTensor:
+        x = torch.as_tensor(image, dtype=torch.float32)
+        if x.ndim != 4:
+            raise ValueError(f"RandThickSlicesd expects (C, X, Y, Z) images, got shape {tuple(x.shape)}")
+        size = list(x.shape[1:])
+        slices = list(size)
+        slices[self._axis] = max(1, -(-size[self._axis] // self._slice))
+        # "area" averages each slab; "trilinear" with the other axes' sizes unchanged interpolates along one axis only
+        thick = F.interpolate(x[None], size=slices, mode="area")
+        resampled = F.interpolate(thick, size=size, mode="trilinear", align_corners=False)[0]
+        resampled = torch.where((x != 0).any(dim=0, keepdim=True), resampled, torch.zeros_like(resampled))
+        out, *_ = convert_to_dst_type(resampled, image)
+        return out

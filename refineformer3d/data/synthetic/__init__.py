@@ -35,6 +35,16 @@ cache.
 
 from .cli import main
 from .dataset import ensure_dataset, make_dataset
-from .phantom import MODALITIES, RECIPES, SHIFTS, SyntheticCase, make_case
+from .phantom import MODALITIES, RECIPES, SHIFTS, SyntheticCase, check_recipe, make_case
 
-__all__ = ["MODALITIES", "RECIPES", "SHIFTS", "SyntheticCase", "make_case", "make_dataset", "ensure_dataset", "main"]
+__all__ = [
+    "MODALITIES",
+    "RECIPES",
+    "SHIFTS",
+    "SyntheticCase",
+    "check_recipe",
+    "make_case",
+    "make_dataset",
+    "ensure_dataset",
+    "main",
+]

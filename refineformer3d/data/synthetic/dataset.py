@@ -15,7 +15,7 @@ import numpy as np
 
 from refineformer3d.io import file_lock
 
-from .phantom import BRATS_SHAPE, MODALITIES, _check_recipe, _check_shape, make_case
+from .phantom import BRATS_SHAPE, MODALITIES, _check_shape, check_recipe, make_case
 from .preview import _save_preview
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def make_dataset(
     """
     shape = _check_shape(shape)
     _check_counts(cases, validation_cases, seed)
-    _check_recipe(recipe, contrast_jitter)
+    check_recipe(recipe, contrast_jitter)
     output = Path(output_dir).expanduser().absolute()
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} exists and is not a folder")
@@ -222,7 +222,7 @@ def ensure_dataset(
     """
     shape = _check_shape(shape)
     _check_counts(cases, validation_cases, seed)
-    _check_recipe(recipe, contrast_jitter)
+    check_recipe(recipe, contrast_jitter)
     if cache_dir is None:
         cache_dir = os.environ.get("REFINEFORMER3D_CACHE") or Path.home() / ".cache" / "refineformer3d"
     cache = Path(cache_dir).expanduser().absolute()

@@ -132,7 +132,8 @@ def _shifts(recipe: str) -> frozenset[str]:
     return frozenset(parts)
 
 
-def _check_recipe(recipe: str, contrast_jitter: float) -> None:
+def check_recipe(recipe: str, contrast_jitter: float = 0.0) -> None:
+    """Raises ``ValueError`` for an unknown recipe or part (see ``make_case``) or a negative jitter."""
     _shifts(recipe)
     if not contrast_jitter >= 0:
         raise ValueError(f"contrast_jitter must be >= 0, got {contrast_jitter}")
@@ -456,7 +457,7 @@ def make_case(
     shape = _check_shape(shape)
     if seed < 0 or index < 1:
         raise ValueError(f"seed must be >= 0 and index >= 1, got seed={seed}, index={index}")
-    _check_recipe(recipe, contrast_jitter)
+    check_recipe(recipe, contrast_jitter)
     rng = np.random.default_rng([seed, int(validation), index])
     grade = "LGG" if index % _LGG_EVERY == 2 else "HGG"
     name = f"Brats17_{'SYNVAL' if validation else 'SYN'}_{index:04d}_1"
