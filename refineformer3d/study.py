@@ -14,7 +14,7 @@ Command line::
 
     python -m refineformer3d.study --output DIR [--seeds 0 1 2] [--epochs 8] [--arms FILE ...] [--only NAME ...] \\
         [--cases 40 --ood_cases 12 --shape 120 120 78 --roi_size 64 64 64] [--jobs 2 --threads 1] [--plan] \\
-        [--ood_recipes shifted default shifted:contrast ...]
+        [--ood_recipes default shifted:contrast shifted:bias+slices ...]
 
 Arms are a JSON list of ``{"name", "overrides": {bundle key: value}, "configs": [overlay files relative to the
 repository], "description"}``; each override goes to ``monai.bundle run`` as ``--key value``. A finished run
