@@ -198,6 +198,8 @@ def test_the_efficiency_idea_arms_load():
         "small_acquisition_strong",
         "small_bias_field_signed",
         "tiny_bias_field_signed",
+        "small_bias_field_signed_every",
+        "small_bias_field_signed_wide",
     ]
     assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
     (thick,) = arms[5].overrides["augment_transforms"]
@@ -215,6 +217,8 @@ def test_the_efficiency_idea_arms_load():
         "$(0.0, 0.3)",
         "$(-0.2, 0.2)",
         "$(-0.2, 0.2)",
+        "$(-0.2, 0.2)",
+        "$(-0.3, 0.3)",
     ]
 
 
