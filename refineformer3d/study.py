@@ -418,7 +418,10 @@ def _write_result(run_dir: Path, result: Mapping) -> None:
 
 def missing_ood(run_dir: Path, settings: Settings) -> list[str]:
     """The OOD recipes that a finished run has not been scored on (a study re-run with more ``ood_recipes``)."""
-    result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    return _missing(json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8")), settings)
+
+
+def _missing(result: Mapping, settings: Settings) -> list[str]:
     return [r for r in ood_recipes(settings) if r not in _scored(result)]
 
 
@@ -436,7 +439,7 @@ def score_missing(
         RuntimeError: when a bundle command fails, naming the log file.
     """
     result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
-    recipes = missing_ood(run_dir, settings)
+    recipes = _missing(result, settings)
     every = commands(arm, seed, run_dir, settings, datalists)
     steps = {ood_folder(r): every[ood_folder(r)] for r in recipes}
     for step in steps:
@@ -484,14 +487,13 @@ def summarise(results: Sequence[Mapping]) -> list[dict]:
         for key in ("dice_tc", "dice_edema"):
             row[f"ratio_{key}"] = mean_std([_ratio(r["ood"].get(key), r["test"].get(key)) for r in runs])
         # per OOD recipe, over the seeds scored on it: Dice, and Dice as a fraction of the same run's test split
-        recipes = dict.fromkeys(recipe for r in runs for recipe in _scored(r))
+        by_run = [(_scored(r), r["test"]) for r in runs]
         row["ood_recipes"] = {}
-        for recipe in recipes:
-            scored = [r for r in runs if recipe in _scored(r)]
-            cells = {key: mean_std([_scored(r)[recipe].get(key) for r in scored]) for key, _ in RECIPE_METRICS}
+        for recipe in dict.fromkeys(recipe for scored, _ in by_run for recipe in scored):
+            pairs = [(scored[recipe], test) for scored, test in by_run if recipe in scored]
+            cells = {key: mean_std([ood.get(key) for ood, _ in pairs]) for key, _ in RECIPE_METRICS}
             for key, _ in RECIPE_METRICS:
-                ratios = [_ratio(_scored(r)[recipe].get(key), r["test"].get(key)) for r in scored]
-                cells[f"ratio_{key}"] = mean_std(ratios)
+                cells[f"ratio_{key}"] = mean_std([_ratio(ood.get(key), test.get(key)) for ood, test in pairs])
             row["ood_recipes"][recipe] = cells
         row["train_wall_s"] = mean_std([r["train_wall_s"] for r in runs])
         rows.append(row)

@@ -193,7 +193,7 @@ def test_thick_slices_blur_one_axis_and_keep_the_others_and_the_background():
     assert torch.count_nonzero(out[:, :, :, 0]) == 0
     # along y a linear ramp between slice centres stays a ramp inside; thickness 1 changes nothing
     ramp = _thick(torch.stack([y, y]), thickness=(3, 3), axes=(1,))
-    assert torch.allclose(ramp[0, :, 1:5], y[:, 1:5], atol=0.51) and not torch.allclose(ramp[0], y)
+    assert torch.allclose(ramp[0, :, 1:5], y[:, 1:5]) and not torch.allclose(ramp[0], y)
     assert torch.equal(_thick(image, thickness=(1, 1)), image)
 
 

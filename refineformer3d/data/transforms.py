@@ -249,8 +249,9 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
 
     Clinical studies are often 2-D sequences (FLAIR and T2 with 3-5 mm slices) resampled to 1 mm, so that one axis
     is blurred and the others are sharp. MONAI's ``RandSimulateLowResolutiond`` zooms every axis alike; this averages
-    slabs of ``thickness`` voxels along one axis (each slice the mean of its slab) and fills the grid by linear
-    interpolation between slice centres, as a scanner's reformat does. The axis and thickness are drawn once per call
+    slabs of ``thickness`` voxels along one axis (each slice the mean of its slab; where the axis is no multiple of
+    the thickness, ``ceil(n / thickness)`` slabs share it evenly) and fills the grid by linear interpolation between
+    slice centres, as a scanner's reformat does. The axis and thickness are drawn once per call
     and shared by every key and channel (one acquisition geometry); voxels that were zero in every channel (outside
     the skull-stripped brain) stay zero.
 
