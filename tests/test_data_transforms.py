@@ -214,3 +214,43 @@ def test_thick_slices_draw_axis_and_thickness_per_call_and_check_arguments():
         RandThickSlicesd("image", axes=())
     with pytest.raises(ValueError, match=r"\(C, X, Y, Z\)"):
         _thick(torch.ones(4, 4, 4))
+
+
+def test_drop_sequence_blanks_whole_sequences_inside_the_brain_and_keeps_the_rest():
+    from refineformer3d.data import RandDropSequenced
+
+    image = MetaTensor(torch.randn(4, 6, 5, 4) + 3.0, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    image[:, 0] = 0  # background: zero in every channel
+    transform = RandDropSequenced(["image", "other"], prob=1.0, num_sequences=(1, 2), value=-1.0)
+    transform.set_random_state(0)
+    counts, dropped_any = set(), set()
+    for _ in range(30):
+        out = transform({"image": image, "other": image.clone()})
+        dropped = [c for c in range(4) if not torch.equal(out["image"][c], image[c])]
+        assert isinstance(out["image"], MetaTensor) and torch.equal(out["image"].affine, image.affine)
+        assert torch.equal(out["image"], out["other"])  # one draw for every key
+        for c in range(4):
+            if c in dropped:
+                assert torch.all(out["image"][c, 1:] == -1.0) and torch.count_nonzero(out["image"][c, 0]) == 0
+            else:
+                assert torch.equal(out["image"][c], image[c])
+        counts.add(len(dropped))
+        dropped_any.update(dropped)
+    assert counts == {1, 2} and dropped_any == {0, 1, 2, 3}
+    assert image[1:].min() != -1.0  # the input itself is untouched
+    numpy_out = RandDropSequenced("image", prob=1.0)({"image": image.numpy()})["image"]
+    assert isinstance(numpy_out, np.ndarray) and (np.all(numpy_out == 0, axis=(1, 2, 3))).sum() == 1
+    assert torch.equal(RandDropSequenced("image", prob=0.0)({"image": image})["image"], image)
+
+
+def test_drop_sequence_checks_its_arguments_and_names_the_file():
+    from refineformer3d.data import RandDropSequenced
+
+    for bad in ((0, 1), (2, 1)):
+        with pytest.raises(ValueError, match="num_sequences"):
+            RandDropSequenced("image", num_sequences=bad)
+    image = MetaTensor(torch.ones(2, 3, 3, 3), meta={"filename_or_obj": "case_0001.nii.gz"})
+    with pytest.raises(ValueError, match=r"'image' \(case_0001.nii.gz\) has 2 channels"):
+        RandDropSequenced("image", num_sequences=(1, 2))({"image": image})
+    with pytest.raises(ValueError, match="'other' has 3 channels"):
+        RandDropSequenced(["image", "other"])({"image": torch.ones(4, 2, 2, 2), "other": torch.ones(3, 2, 2, 2)})

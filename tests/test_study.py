@@ -200,6 +200,8 @@ def test_the_efficiency_idea_arms_load():
         "tiny_bias_field_signed",
         "small_bias_field_signed_every",
         "small_bias_field_signed_wide",
+        "small_drop_sequence",
+        "small_drop_sequences",
     ]
     assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
     (thick,) = arms[5].overrides["augment_transforms"]
@@ -219,7 +221,12 @@ def test_the_efficiency_idea_arms_load():
         "$(-0.2, 0.2)",
         "$(-0.2, 0.2)",
         "$(-0.3, 0.3)",
+        "$(-0.2, 0.2)",
+        "$(-0.2, 0.2)",
     ]
+    drops = [arm.overrides["augment_transforms"][0] for arm in arms[-2:]]
+    assert {t["_target_"] for t in drops} == {"refineformer3d.data.RandDropSequenced"}
+    assert [t["num_sequences"] for t in drops] == [[1, 1], [1, 2]]
 
 
 def test_ood_recipes_the_study_own_set_first_and_once():

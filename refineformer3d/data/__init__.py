@@ -38,6 +38,7 @@ _EXPORTS = {
     "BratsLabelsFromPredictiond": "transforms",
     "ConvertBratsLabelsd": "transforms",
     "PathSafeSpacingd": "transforms",
+    "RandDropSequenced": "transforms",
     "RandThickSlicesd": "transforms",
     "RelabelSmallEnhancingd": "transforms",
 }
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         BratsLabelsFromPredictiond,
         ConvertBratsLabelsd,
         PathSafeSpacingd,
+        RandDropSequenced,
         RandThickSlicesd,
         RelabelSmallEnhancingd,
     )

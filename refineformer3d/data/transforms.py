@@ -1,5 +1,6 @@
 """BraTS label transforms that MONAI lacks (convention-aware label schemes, prediction-to-label conversion), a
-resampling transform that runs under MONAI Label, and the thick-slice acquisition that MONAI's augmentations lack.
+resampling transform that runs under MONAI Label, and two augmentations that MONAI's lack (a thick-slice acquisition,
+a dropped sequence).
 
 Label schemes:
 
@@ -39,6 +40,7 @@ __all__ = [
     "ConvertBratsLabelsd",
     "BratsLabelsFromPredictiond",
     "PathSafeSpacingd",
+    "RandDropSequenced",
     "RandThickSlicesd",
     "RelabelSmallEnhancingd",
 ]
@@ -311,3 +313,72 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
         resampled = torch.where((x != 0).any(dim=0, keepdim=True), resampled, torch.zeros_like(resampled))
         out, *_ = convert_to_dst_type(resampled, image)
         return out
+
+
+class RandDropSequenced(RandomizableTransform, MapTransform):
+    """Blanks whole MRI sequences (image channels) at random, so that a network cannot lean on one sequence alone.
+
+    A sequence that is missing, or whose contrast differs from the training data's, should cost a network the cue
+    that sequence gave and nothing more: a network that separates tumour core from edema by one sequence's levels
+    (FLAIR, say) fails when a scanner's FLAIR orders them differently, although T1, T1ce and T2 still tell them
+    apart. With probability ``prob`` this fills ``num_sequences`` channels, drawn without replacement, with
+    ``value``: after ``NormalizeIntensityd(nonzero=True)`` 0 is the brain's mean, a sequence with no contrast.
+    Voxels that were zero in every channel (outside the skull-stripped brain) stay zero. The channels are drawn once
+    per call and shared by every key. Put it after the crop, on normalised intensities.
+
+    Args:
+        keys: keys of (C, X, Y, Z) images (any spatial rank).
+        prob: probability of dropping sequences.
+        num_sequences: (min, max) sequences dropped, drawn as an integer in that range; at least one sequence of
+            every image is always kept.
+        value: the intensity a dropped sequence is filled with.
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: for a range below 1 or reversed, and in ``__call__`` for an image with no more channels than
+            ``num_sequences``'s maximum, or keys whose channel counts differ.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        num_sequences: tuple[int, int] = (1, 1),
+        value: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        low, high = (int(n) for n in num_sequences)
+        if not 1 <= low <= high:
+            raise ValueError(f"num_sequences must be (min, max) with 1 <= min <= max, got {tuple(num_sequences)}")
+        self.num_sequences, self.value = (low, high), float(value)
+        self._drawn: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    def randomize(self, channels: int) -> None:
+        super().randomize(None)
+        count = int(self.R.randint(self.num_sequences[0], self.num_sequences[1] + 1))
+        self._drawn = self.R.choice(channels, size=count, replace=False)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        channels = int(d[keys[0]].shape[0])
+        for key in keys:
+            if d[key].shape[0] != channels or channels <= self.num_sequences[1]:
+                raise ValueError(
+                    f"RandDropSequenced drops up to {self.num_sequences[1]} sequences of {channels} and keeps one: "
+                    f"{_source_name(d, key, d[key])} has {d[key].shape[0]} channels"
+                )
+        self.randomize(channels)
+        if not self._do_transform:
+            return d
+        for key in keys:
+            x = torch.as_tensor(d[key])
+            dropped = x.clone()
+            inside = (x != 0).any(dim=0)  # the brain: outside it every sequence stays zero
+            dropped[torch.as_tensor(self._drawn)] = torch.where(inside, self.value, 0.0).to(x.dtype)
+            d[key], *_ = convert_to_dst_type(dropped, d[key])
+        return d
