@@ -7,6 +7,7 @@ Usage::
 
     python scripts/efficiency_ideas.py networks --rounds 5      # params, GFLOP, forward-time ratios at 4 x 128^3
     python scripts/efficiency_ideas.py early-exit --studies 5   # windows skipped on the real-size synthetic studies
+    python scripts/efficiency_ideas.py tumour-windows --studies 12   # at most how many hold no tumour (labels)
     python scripts/efficiency_ideas.py int8 --onnx model.onnx model_int8.onnx --studies 2   # time and Dice per runtime
 """
 
@@ -31,6 +32,9 @@ ARMS = {
     "ghost off (conv)": {"patch_embed": "conv"},
     "low-rank off": {"ffn_rank_ratio": None},
     "ghost and low-rank off": {"patch_embed": "conv", "ffn_rank_ratio": None},
+    # the tiny variant's decoder tried on 2026-12-02 (refine_channels sets small's stem too: run them on tiny)
+    "logits upsampled, 32 hidden per stem voxel": {"final_upsampling": "logits", "refine_channels": (32, 8)},
+    "stem 16 channels": {"refine_channels": (16, 16)},
 }
 
 
@@ -59,7 +63,7 @@ def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, tuple[floa
     }
 
 
-def networks(models: Sequence[str], roi: int, rounds: int) -> str:
+def networks(models: Sequence[str], roi: int, rounds: int, arms: Sequence[str] = tuple(ARMS)) -> str:
     lines = [
         "| network | arm | params | GFLOP (meta, attention counted) | time / default, median of rounds | best / best |"
     ]
@@ -67,7 +71,8 @@ def networks(models: Sequence[str], roi: int, rounds: int) -> str:
     x = torch.randn(1, 4, roi, roi, roi)
     for model in models:
         calls, stats = {}, {}
-        for arm, overrides in ARMS.items():
+        for arm in ("default", *(a for a in arms if a != "default")):
+            overrides = ARMS[arm]
             torch.manual_seed(0)
             net = create_model(model, in_channels=4, out_channels=3, **overrides).eval()
             with torch.device("meta"):
@@ -166,6 +171,57 @@ def int8(onnx_models: Sequence[str], studies: int, rounds: int, threads: int) ->
     return "\n".join(lines)
 
 
+def tumour_windows(studies: int, margins: Sequence[int]) -> str:
+    """The most that skipping *confidently background* windows could save: windows with no tumour near them.
+
+    A first pass that judged windows by the network's own output could at best skip the windows whose region, grown
+    by a margin (a coarse pass is blurred, and the blending reaches across window edges), holds no tumour voxel. The
+    reference labels stand in for a perfect first pass. Studies are the labelled real-size ones, preprocessed by
+    ``train.json``'s deterministic transforms (which crop to the brain as ``inference.json`` does), windows laid as
+    ``inference.json``'s sliding window lays them.
+    """
+    import numpy as np
+    from monai.bundle import ConfigParser
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    parser = ConfigParser()
+    parser.read_config("bundle/configs/inference.json")
+    roi, overlap = parser.get_parsed_content("roi_size"), parser.get_parsed_content("sw_overlap")
+    train = ConfigParser()
+    train.read_config("bundle/configs/train.json")
+    preprocessing = train.get_parsed_content("validate#preprocessing")
+    datalist = train.get_parsed_content("datalist")
+    items = [item for split in ("training", "validation", "testing") for item in datalist.get(split, [])][:studies]
+    lines = [
+        "| study | preprocessed shape | tumour extent (voxels) | windows | "
+        + " | ".join(f"tumour-free at margin {m}" for m in margins)
+        + " |",
+        "|---" * (4 + len(margins)) + "|",
+    ]
+    for item in items:
+        data = preprocessing(item)
+        tumour = np.asarray(data["label"][0]) > 0
+        shape = [max(s, r) for s, r in zip(tumour.shape, roi)]  # the sliding window pads up to the window
+        slices = dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, 3, (overlap,) * 3))
+        voxels = np.argwhere(tumour)
+        low, high = voxels.min(axis=0), voxels.max(axis=0)
+        free = [
+            sum(
+                not all(w[i].start - m <= high[i] and low[i] < w[i].stop + m for i in range(3))
+                or not tumour[tuple(slice(max(w[i].start - m, 0), w[i].stop + m) for i in range(3))].any()
+                for w in slices
+            )
+            for m in margins
+        ]
+        lines.append(
+            f"| {item['case']} | {tuple(tumour.shape)} | {tuple(int(e) for e in high - low + 1)} | {len(slices)} | "
+            + " | ".join(map(str, free))
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
@@ -174,10 +230,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     net.add_argument("--roi", type=int, default=128)
     net.add_argument("--rounds", type=int, default=5)
     net.add_argument("--threads", type=int, default=2)
+    net.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms besides the default")
     ee = sub.add_parser("early-exit")
     ee.add_argument("--studies", type=int, default=5)
     ee.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
     ee.add_argument("--no-crop", action="store_true", help="leave out CropForegroundd (the whole head grid)")
+    tw = sub.add_parser("tumour-windows")
+    tw.add_argument("--studies", type=int, default=12)
+    tw.add_argument("--margins", type=int, nargs="+", default=[0, 8, 16])
     q = sub.add_parser("int8")
     q.add_argument(
         "--onnx", nargs="+", required=True, help="exported fp32 and INT8 models (python -m refineformer3d.onnx)"
@@ -188,9 +248,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.part == "networks":
         torch.set_num_threads(args.threads)
-        print(networks(args.models, args.roi, args.rounds))
+        print(networks(args.models, args.roi, args.rounds, args.arms))
     elif args.part == "early-exit":
         print(early_exit(args.studies, args.thresholds, crop=not args.no_crop))
+    elif args.part == "tumour-windows":
+        print(tumour_windows(args.studies, args.margins))
     else:
         print(int8(args.onnx, args.studies, args.rounds, args.threads))
 
