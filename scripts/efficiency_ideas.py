@@ -8,6 +8,8 @@ Usage::
     python scripts/efficiency_ideas.py networks --rounds 5      # params, GFLOP, forward-time ratios at 4 x 128^3
     python scripts/efficiency_ideas.py early-exit --studies 5   # windows skipped on the real-size synthetic studies
     python scripts/efficiency_ideas.py tumour-windows --studies 12   # at most how many hold no tumour (labels)
+    python scripts/efficiency_ideas.py window-threads --rounds 5      # one window on 2 threads, or 2 windows at once
+    python scripts/efficiency_ideas.py profile --model refineformer3d_tiny   # where one forward's time goes
     python scripts/efficiency_ideas.py int8 --onnx model.onnx model_int8.onnx --studies 2   # time and Dice per runtime
 """
 
@@ -32,8 +34,8 @@ ARMS = {
     "ghost off (conv)": {"patch_embed": "conv"},
     "low-rank off": {"ffn_rank_ratio": None},
     "ghost and low-rank off": {"patch_embed": "conv", "ffn_rank_ratio": None},
-    # the tiny variant's decoder tried on 2026-12-02 (refine_channels sets small's stem too: run them on tiny)
-    "logits upsampled, 32 hidden per stem voxel": {"final_upsampling": "logits", "refine_channels": (32, 8)},
+    # small's stem width on tiny (refine_channels sets small's stem too: run it on tiny); the decoder that upsampled
+    # logits instead of features (final_upsampling="logits") was measured at daa1bba and removed
     "stem 16 channels": {"refine_channels": (16, 16)},
 }
 
@@ -171,6 +173,81 @@ def int8(onnx_models: Sequence[str], studies: int, rounds: int, threads: int) ->
     return "\n".join(lines)
 
 
+def profile(model: str, roi: int, rows: int) -> str:
+    """Self CPU time of one forward's operators, grouped by operator and input shapes, largest first."""
+    net = create_model(model, in_channels=4, out_channels=3).eval()
+    x = torch.randn(1, 4, roi, roi, roi)
+    with torch.inference_mode():
+        net(x)
+        net(x)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            net(x)
+    groups = prof.key_averages(group_by_input_shape=True)
+    total = sum(g.self_cpu_time_total for g in groups) / 1e3
+    lines = [
+        f"one forward: {total:.1f} ms of self CPU time",
+        "| operator | input shapes | calls | ms |",
+        "|---|---|---:|---:|",
+    ]
+    for g in sorted(groups, key=lambda g: -g.self_cpu_time_total)[:rows]:
+        lines.append(f"| {g.key} | {g.input_shapes} | {g.count} | {g.self_cpu_time_total / 1e3:.1f} |")
+    return "\n".join(lines)
+
+
+def window_threads(model: str, roi: int, rounds: int) -> str:
+    """Windows per second on two cores: one window on two intra-op threads, or two windows at once, one per core.
+
+    Two windows at once are a batch of two on two intra-op threads, or two single windows in two Python threads with
+    one intra-op thread each (PyTorch releases the GIL inside its kernels). Medians over ``rounds`` after a warm-up.
+    """
+    import threading
+
+    net = create_model(model, in_channels=4, out_channels=3).eval()
+    one, two = torch.randn(1, 4, roi, roi, roi), torch.randn(2, 4, roi, roi, roi)
+
+    def forward() -> None:
+        with torch.inference_mode():  # a thread-local mode: each worker enters it itself
+            net(one)
+
+    def in_threads() -> None:
+        workers = [threading.Thread(target=forward) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    arms = (  # (name, intra-op threads, windows, call)
+        ("one window, 2 threads", 2, 1, lambda: net(one)),
+        ("one window, 1 thread", 1, 1, lambda: net(one)),
+        ("batch of two, 2 threads", 2, 2, lambda: net(two)),
+        ("two windows in 2 Python threads, 1 thread each", 1, 2, in_threads),
+    )
+    threads = torch.get_num_threads()
+
+    def with_threads(intra_op: int, call: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            torch.set_num_threads(intra_op)
+            return call()
+
+        return run
+
+    try:
+        with torch.inference_mode():
+            times = interleaved_times({name: with_threads(n, call) for name, n, _, call in arms}, rounds)
+    finally:
+        torch.set_num_threads(threads)
+    per_window = {name: [t / windows for t in times[name]] for name, _, windows, _ in arms}
+    relative = ratios(per_window, arms[0][0])
+    lines = [
+        f"| how | windows | median (s) | per window (s) | per window / {arms[0][0]}, median of rounds |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, _, windows, _ in arms:
+        seconds = statistics.median(times[name])
+        lines.append(f"| {name} | {windows} | {seconds:.3f} | {seconds / windows:.3f} | {relative[name][0]:.2f} |")
+    return "\n".join(lines)
+
+
 def tumour_windows(studies: int, margins: Sequence[int]) -> str:
     """The most that skipping *confidently background* windows could save: windows with no tumour near them.
 
@@ -238,6 +315,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     tw = sub.add_parser("tumour-windows")
     tw.add_argument("--studies", type=int, default=12)
     tw.add_argument("--margins", type=int, nargs="+", default=[0, 8, 16])
+    wt = sub.add_parser("window-threads")
+    wt.add_argument("--model", default="refineformer3d_tiny")
+    wt.add_argument("--roi", type=int, default=128)
+    wt.add_argument("--rounds", type=int, default=5)
+    pr = sub.add_parser("profile")
+    pr.add_argument("--model", default="refineformer3d_tiny")
+    pr.add_argument("--roi", type=int, default=128)
+    pr.add_argument("--rows", type=int, default=25)
+    pr.add_argument("--threads", type=int, default=2)
     q = sub.add_parser("int8")
     q.add_argument(
         "--onnx", nargs="+", required=True, help="exported fp32 and INT8 models (python -m refineformer3d.onnx)"
@@ -251,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(networks(args.models, args.roi, args.rounds, args.arms))
     elif args.part == "early-exit":
         print(early_exit(args.studies, args.thresholds, crop=not args.no_crop))
+    elif args.part == "profile":
+        torch.set_num_threads(args.threads)
+        print(profile(args.model, args.roi, args.rows))
+    elif args.part == "window-threads":
+        print(window_threads(args.model, args.roi, args.rounds))
     elif args.part == "tumour-windows":
         print(tumour_windows(args.studies, args.margins))
     else:

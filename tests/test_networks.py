@@ -303,7 +303,6 @@ def test_bad_spatial_size_names_dims_and_divisor(cls):
         (dict(refine_channels=(8,)), "refine_channels"),
         (dict(strides=(2, 2, 2, 2), patch_sizes=(3, 3, 3, 3)), "stem_stride"),
         (dict(deep_supervision=True, deep_supr_num=9), "deep_supr_num"),
-        (dict(final_upsampling="trilinear"), "final_upsampling"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, message):
@@ -406,38 +405,6 @@ def test_refine_head_full_resolution_equals_its_modules(grad, slab_values):
         torch.testing.assert_close(g_fused, g_reference, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_logits_final_upsampling_equals_its_modules(grad):
-    # the head adds the stem map's share into the image's in place; the modules define what the sum must be
-    net = tiny_net(RefineFormer3D, final_upsampling="logits").train(grad)
-    head = net.decode_head
-    assert not hasattr(head, "upsample")
-    x = torch.randn(2, 4, 64, 32, 64, requires_grad=grad)
-    stem = torch.randn(2, head.stem[0].out_channels, 32, 16, 32)
-    logits = head._classify_cells(stem, x)
-    hidden = torch.relu(head.cell_image(x) + head.cell_stem(stem))
-    reference = torch.nn.functional.conv_transpose3d(
-        hidden, head.classifier.weight, head.classifier.bias, stride=head.stem_stride
-    )
-    assert logits.shape == (2, 3, 64, 32, 64)
-    assert logits.is_contiguous(memory_format=torch.channels_last_3d)
-    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-5)
-    if grad:
-        weights = (head.cell_image.weight, head.cell_stem.weight, head.classifier.weight)
-        grads = torch.autograd.grad(logits.square().sum(), weights)
-        references = torch.autograd.grad(reference.square().sum(), weights)
-        for g, g_reference in zip(grads, references):
-            torch.testing.assert_close(g, g_reference, rtol=1e-3, atol=1e-4)
-
-
-def test_logits_final_upsampling_trains_with_deep_supervision():
-    net = tiny_net(RefineFormer3D, final_upsampling="logits", deep_supervision=True).train()
-    outputs = net(torch.randn(2, 4, 32, 32, 64))
-    assert [tuple(o.shape[2:]) for o in outputs] == [(32, 32, 64), (16, 16, 32), (8, 8, 16), (4, 4, 8)]
-    sum(o.square().mean() for o in outputs).backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
-
-
 # ------------------------------------------------------------------------------------------------------- export
 
 
@@ -451,18 +418,16 @@ def test_torchscript_trace(cls):
         torch.testing.assert_close(traced(x), net(x))
 
 
-@pytest.mark.parametrize("final_upsampling", ["features", "logits"])
-def test_torchscript_script(final_upsampling):
-    net = tiny_net(RefineFormer3D, final_upsampling=final_upsampling).eval()
+def test_torchscript_script():
+    net = tiny_net(RefineFormer3D).eval()
     x = torch.randn(*X_SHAPE)
     with torch.no_grad(), torch.jit.optimized_execution(False):
         torch.testing.assert_close(torch.jit.script(net)(x), net(x))
 
 
-@pytest.mark.parametrize("final_upsampling", ["features", "logits"])
-def test_onnx_export(tmp_path, final_upsampling):
+def test_onnx_export(tmp_path):
     pytest.importorskip("onnx")
-    net = tiny_net(RefineFormer3D, final_upsampling=final_upsampling).eval()
+    net = tiny_net(RefineFormer3D).eval()
     x = torch.randn(*X_SHAPE)
     path = tmp_path / "net.onnx"
     torch.onnx.export(

@@ -16,7 +16,6 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from refineformer3d.networks.blocks import tokens_to_volume, volume_to_tokens
 
 __all__ = [
-    "FINAL_UPSAMPLINGS",
     "SegFormerHead3D",
     "GatedFusion3D",
     "PointwiseConv3d",
@@ -24,9 +23,6 @@ __all__ = [
     "RefineHead3D",
     "space_to_depth",
 ]
-
-#: ways :class:`RefineHead3D` reaches full resolution (its ``final_upsampling``)
-FINAL_UPSAMPLINGS = ("features", "logits")
 
 
 class _TokenMLP(nn.Module):
@@ -236,8 +232,7 @@ class RefineHead3D(nn.Module):
         out_channels: number of classes.
         image_channels: channels of the input image.
         decoder_channels: decoder width at each encoder stage, finest first.
-        refine_channels: decoder width at full resolution (with ``final_upsampling="logits"``: hidden channels per
-            stem voxel) and at the stem.
+        refine_channels: decoder width at full resolution and at the stem.
         scale_factors: ``scale_factors[i]`` is the size ratio of stage ``i + 1`` to stage ``i``.
         reduction: reduction of the first encoder stage.
         stem_stride: stride of the stem; must divide ``reduction``.
@@ -245,18 +240,10 @@ class RefineHead3D(nn.Module):
         act: activation of projections, stem, fusions and the full-resolution map.
         deep_supervision: build auxiliary classifiers and return them in training mode.
         deep_supr_num: number of auxiliary classifiers.
-        final_upsampling: how the last step reaches full resolution. ``"features"``: the stem-level map and the
-            image's cells are upsampled into a ``refine_channels[0]``-wide full-resolution map, activated and
-            classified voxel by voxel (above). ``"logits"``: they give ``refine_channels[0]`` hidden channels per stem
-            voxel (a ``stem_stride``-strided convolution of the image plus a 1x1x1 one of the stem map), activated;
-            a transposed convolution (kernel = stride = ``stem_stride``) then turns each stem voxel's hidden values
-            into the logits of its own ``stem_stride^3`` output voxels. Its hidden values are shared by the
-            cell instead of kept per output voxel: a third of the FLOPs of ``"features"`` at the tiny variant's
-            widths, and nothing wider than the logits is ever written at full resolution.
 
     Raises:
-        ValueError: if the per-stage sequences disagree in length, the stem does not fit the first stage,
-            ``deep_supr_num`` does not fit the pyramid, or ``final_upsampling`` is unknown.
+        ValueError: if the per-stage sequences disagree in length, the stem does not fit the first stage, or
+            ``deep_supr_num`` does not fit the pyramid.
     """
 
     def __init__(
@@ -273,12 +260,9 @@ class RefineHead3D(nn.Module):
         act: str | tuple = "relu",
         deep_supervision: bool = False,
         deep_supr_num: int = 3,
-        final_upsampling: str = "features",
     ) -> None:
         super().__init__()
         num_stages = len(in_channels)
-        if final_upsampling not in FINAL_UPSAMPLINGS:
-            raise ValueError(f"final_upsampling must be one of {FINAL_UPSAMPLINGS}, got {final_upsampling!r}.")
         if len(decoder_channels) != num_stages:
             raise ValueError(f"decoder_channels needs one width per stage ({num_stages}), got {len(decoder_channels)}.")
         if len(scale_factors) != num_stages - 1:
@@ -324,19 +308,11 @@ class RefineHead3D(nn.Module):
             [PatchExpandConvTranspose3d(channels[i + 1], channels[i], kernel_size=scales[i]) for i in top_down]
         )
         self.fusions = nn.ModuleList([GatedFusion3D(channels[i], norm, act) for i in top_down])
-        self.final_upsampling = final_upsampling
+        self.upsample = PatchExpandConvTranspose3d(
+            stem_channels + image_channels * stem_stride**3, full_channels, kernel_size=stem_stride
+        )
         self.act = get_act_layer(act)
-        if final_upsampling == "features":
-            self.upsample = PatchExpandConvTranspose3d(
-                stem_channels + image_channels * stem_stride**3, full_channels, kernel_size=stem_stride
-            )
-            self.classifier = nn.Conv3d(full_channels, out_channels, 1)
-        else:
-            # the image's share reads each cell where it lies (oneDNN, kernel = stride), the stem map's is added
-            # into it as one matrix product: no folded or concatenated copy of the image
-            self.cell_image = nn.Conv3d(image_channels, full_channels, stem_stride, stride=stem_stride)
-            self.cell_stem = PointwiseConv3d(stem_channels, full_channels, bias=False)
-            self.classifier = PatchExpandConvTranspose3d(full_channels, out_channels, kernel_size=stem_stride)
+        self.classifier = nn.Conv3d(full_channels, out_channels, 1)
         #: hidden values per slab of the full-resolution step in CPU inference (1 MiB of float32, within a core's L2)
         self.slab_values = 1 << 18
         self.aux_heads = nn.ModuleList([PointwiseConv3d(channels[i], out_channels) for i in range(self.deep_supr_num)])
@@ -406,22 +382,6 @@ class RefineHead3D(nn.Module):
             out[:, i * f : (i + n) * f].view(logits.shape).copy_(logits)
         return out.permute(0, 4, 1, 2, 3)
 
-    def _classify_cells(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``classifier(act(cell_image(image) + cell_stem(x)))``: the ``"logits"`` final upsampling.
-
-        Shapes: ``(B, stem_channels, d, h, w), (B, image_channels, D, H, W) -> (B, out_channels, D, H, W)``, the
-        logits laid out channels-last (the transposed convolution's one rearrangement writes them so).
-        """
-        hidden = self.cell_image(image)
-        b, c, d, h, w = hidden.shape
-        voxels = hidden.permute(0, 2, 3, 4, 1)  # a view when oneDNN returns channels-last, as it does for this net
-        weight = self.cell_stem.weight.reshape(c, -1).to(hidden.dtype)
-        tokens = x.permute(0, 2, 3, 4, 1).reshape(-1, weight.shape[1]).to(hidden.dtype)
-        # go on with what addmm_ returns, not its base tensor: the ONNX exporter does not carry a view's update back
-        summed = voxels.reshape(-1, c).addmm_(tokens, weight.t())
-        hidden = self.act(summed).view(b, d, h, w, c).permute(0, 4, 1, 2, 3)
-        return self.classifier(hidden)
-
     def _classify_hidden(self, hidden: torch.Tensor, b: int, d: int, h: int, w: int) -> torch.Tensor:
         """Activation and classifier of the hidden map ``(B * d * h * w, f^3 * full_channels)`` of a stem slab.
 
@@ -446,10 +406,7 @@ class RefineHead3D(nn.Module):
             x = fusion(up(x), skips[len(skips) - 2 - j])
             if keep_maps:
                 maps.insert(0, x)
-        if hasattr(self, "cell_image"):  # final_upsampling == "logits"; TorchScript compiles only the branch taken
-            logits = self._classify_cells(x, image)
-        else:
-            logits = self._classify_full_resolution(x, image)
+        logits = self._classify_full_resolution(x, image)
         if keep_maps:
             outputs = [logits]
             for i, head in enumerate(self.aux_heads):

@@ -74,9 +74,6 @@ class RefineFormer3D(MixTransformerSegNet3D):
         deep_supr_num: number of auxiliary classifiers (stem level, first stage, ...).
         token_mixers: per encoder stage, ``"attention"`` or ``"fourier"`` (a GFNet-style global filter in place of
             attention); ``None``: attention everywhere.
-        final_upsampling: ``"features"`` (a full-resolution feature map, then a per-voxel classifier) or
-            ``"logits"`` (hidden values per 1/2-resolution stem voxel, turned into its cell's logits by a transposed
-            convolution); see :class:`~refineformer3d.networks.heads.RefineHead3D`.
 
     Raises:
         ValueError: for inconsistent arguments, and in ``forward`` for spatial dims that are not multiples of
@@ -115,7 +112,6 @@ class RefineFormer3D(MixTransformerSegNet3D):
         deep_supervision: bool = False,
         deep_supr_num: int = 3,
         token_mixers: Sequence[str] | None = None,
-        final_upsampling: str = "features",
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -149,7 +145,6 @@ class RefineFormer3D(MixTransformerSegNet3D):
             act=act,
             deep_supervision=deep_supervision,
             deep_supr_num=deep_supr_num,
-            final_upsampling=final_upsampling,
         )
         self.apply(self._init_weights)
         self.to(memory_format=torch.channels_last_3d)
