@@ -194,13 +194,18 @@ def profile(model: str, roi: int, rows: int) -> str:
     return "\n".join(lines)
 
 
-def window_threads(model: str, roi: int, rounds: int) -> str:
+def window_threads(model: str, roi: int, rounds: int, volume: Sequence[int] | None = None) -> str:
     """Windows per second on two cores: one window on two intra-op threads, or two windows at once, one per core.
 
     Two windows at once are a batch of two on two intra-op threads, or two single windows in two Python threads with
     one intra-op thread each (PyTorch releases the GIL inside its kernels). Medians over ``rounds`` after a warm-up.
+    With ``volume``, also a whole ``4 x volume`` through MONAI's sliding window (overlap 0.5, Gaussian blending): one
+    window per batch on two threads, against two per batch, each in its own thread.
     """
     import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monai.inferers import SlidingWindowInferer
 
     net = create_model(model, in_channels=4, out_channels=3).eval()
     one, two = torch.randn(1, 4, roi, roi, roi), torch.randn(2, 4, roi, roi, roi)
@@ -245,6 +250,41 @@ def window_threads(model: str, roi: int, rounds: int) -> str:
     for name, _, windows, _ in arms:
         seconds = statistics.median(times[name])
         lines.append(f"| {name} | {windows} | {seconds:.3f} | {seconds / windows:.3f} | {relative[name][0]:.2f} |")
+    if volume is None:
+        return "\n".join(lines)
+
+    image = torch.randn(1, 4, *volume)
+    pool = ThreadPoolExecutor(2)
+
+    def single(window: torch.Tensor) -> torch.Tensor:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            return net(window)
+
+    def split(windows: torch.Tensor) -> torch.Tensor:
+        return torch.cat(list(pool.map(single, windows.split(1))))
+
+    def inferer(batch: int) -> SlidingWindowInferer:
+        return SlidingWindowInferer((roi,) * 3, sw_batch_size=batch, overlap=0.5, mode="gaussian")
+
+    studies = {
+        "one window per batch, 2 threads": lambda: inferer(1)(image, net),
+        "two per batch, each in its own thread": lambda: inferer(2)(image, split),
+    }
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            times = interleaved_times(studies, rounds)
+    finally:
+        pool.shutdown()
+        torch.set_num_threads(threads)
+    relative = ratios(times, next(iter(studies)))
+    lines += [
+        "",
+        f"| whole 4x{'x'.join(map(str, volume))} volume | median (s) | / one window per batch |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {statistics.median(t):.2f} | {relative[name][0]:.2f} |" for name, t in times.items()]
     return "\n".join(lines)
 
 
@@ -319,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     wt.add_argument("--model", default="refineformer3d_tiny")
     wt.add_argument("--roi", type=int, default=128)
     wt.add_argument("--rounds", type=int, default=5)
+    wt.add_argument("--volume", type=int, nargs=3, default=None, metavar=("D", "H", "W"), help="also a whole volume")
     pr = sub.add_parser("profile")
     pr.add_argument("--model", default="refineformer3d_tiny")
     pr.add_argument("--roi", type=int, default=128)
@@ -341,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         print(profile(args.model, args.roi, args.rows))
     elif args.part == "window-threads":
-        print(window_threads(args.model, args.roi, args.rounds))
+        print(window_threads(args.model, args.roi, args.rounds, args.volume))
     elif args.part == "tumour-windows":
         print(tumour_windows(args.studies, args.margins))
     else:
