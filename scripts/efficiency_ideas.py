@@ -324,11 +324,7 @@ def tumour_windows(studies: int, margins: Sequence[int]) -> str:
         voxels = np.argwhere(tumour)
         low, high = voxels.min(axis=0), voxels.max(axis=0)
         free = [
-            sum(
-                not all(w[i].start - m <= high[i] and low[i] < w[i].stop + m for i in range(3))
-                or not tumour[tuple(slice(max(w[i].start - m, 0), w[i].stop + m) for i in range(3))].any()
-                for w in slices
-            )
+            sum(not tumour[tuple(slice(max(w[i].start - m, 0), w[i].stop + m) for i in range(3))].any() for w in slices)
             for m in margins
         ]
         lines.append(
