@@ -203,9 +203,15 @@ def test_the_efficiency_idea_arms_load():
         "small_drop_sequence",
         "small_drop_sequences",
         "tiny_stem16",
+        "tiny_deep_supervision",
+        "small_deep_supervision",
     ]
     assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
-    assert arms[-1].overrides["network_def#refine_channels"] == [16, 16] and not arms[-1].configs
+    by_name = {arm.name: arm for arm in arms}
+    assert by_name["tiny_stem16"].overrides["network_def#refine_channels"] == [16, 16]
+    # train.json's trainer already wraps its loss in DeepSupervisionLoss: the network's switch is the whole arm
+    for name in ("tiny_deep_supervision", "small_deep_supervision"):
+        assert by_name[name].overrides["network_def#deep_supervision"] is True and not by_name[name].configs
     (thick,) = arms[5].overrides["augment_transforms"]
     assert thick["_target_"] == "refineformer3d.data.RandThickSlicesd" and "bias_field_prob" not in arms[5].overrides
     assert arms[6].overrides["bias_field_prob"] == 1.0
@@ -215,7 +221,7 @@ def test_the_efficiency_idea_arms_load():
         arms[4].overrides["augment_transforms"] == [] and rendered[rendered.index("--augment_transforms") + 1] == "[]"
     )
     # the arms measured with MONAI's positive-only coefficients say so, since augment.json's default is signed
-    assert [a.overrides.get("bias_field_coeff_range") for a in arms[4:-1]] == [
+    assert [a.overrides.get("bias_field_coeff_range") for a in arms[4:13]] == [
         "$(0.0, 0.2)",
         "$(0.0, 0.2)",
         "$(0.0, 0.3)",
@@ -226,7 +232,6 @@ def test_the_efficiency_idea_arms_load():
         "$(-0.2, 0.2)",
         "$(-0.2, 0.2)",
     ]
-    by_name = {arm.name: arm for arm in arms}
     drops = [
         by_name[name].overrides["augment_transforms"][0] for name in ("small_drop_sequence", "small_drop_sequences")
     ]
