@@ -202,30 +202,27 @@ def window_threads(model: str, roi: int, rounds: int, volume: Sequence[int] | No
     With ``volume``, also a whole ``4 x volume`` through MONAI's sliding window (overlap 0.5, Gaussian blending): one
     window per batch on two threads, against two per batch, each in its own thread.
     """
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from monai.inferers import SlidingWindowInferer
 
     net = create_model(model, in_channels=4, out_channels=3).eval()
     one, two = torch.randn(1, 4, roi, roi, roi), torch.randn(2, 4, roi, roi, roi)
+    pool = ThreadPoolExecutor(2)
 
-    def forward() -> None:
+    def single(window: torch.Tensor) -> torch.Tensor:
+        torch.set_num_threads(1)  # this worker's own intra-op threads
         with torch.inference_mode():  # a thread-local mode: each worker enters it itself
-            net(one)
+            return net(window)
 
-    def in_threads() -> None:
-        workers = [threading.Thread(target=forward) for _ in range(2)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+    def split(windows: torch.Tensor) -> torch.Tensor:
+        return torch.cat(list(pool.map(single, windows.split(1))))
 
     arms = (  # (name, intra-op threads, windows, call)
         ("one window, 2 threads", 2, 1, lambda: net(one)),
         ("one window, 1 thread", 1, 1, lambda: net(one)),
         ("batch of two, 2 threads", 2, 2, lambda: net(two)),
-        ("two windows in 2 Python threads, 1 thread each", 1, 2, in_threads),
+        ("two windows in 2 Python threads, 1 thread each", 2, 2, lambda: split(two)),
     )
     threads = torch.get_num_threads()
 
@@ -241,6 +238,8 @@ def window_threads(model: str, roi: int, rounds: int, volume: Sequence[int] | No
             times = interleaved_times({name: with_threads(n, call) for name, n, _, call in arms}, rounds)
     finally:
         torch.set_num_threads(threads)
+        if volume is None:
+            pool.shutdown()
     per_window = {name: [t / windows for t in times[name]] for name, _, windows, _ in arms}
     relative = ratios(per_window, arms[0][0])
     lines = [
@@ -254,15 +253,6 @@ def window_threads(model: str, roi: int, rounds: int, volume: Sequence[int] | No
         return "\n".join(lines)
 
     image = torch.randn(1, 4, *volume)
-    pool = ThreadPoolExecutor(2)
-
-    def single(window: torch.Tensor) -> torch.Tensor:
-        torch.set_num_threads(1)
-        with torch.inference_mode():
-            return net(window)
-
-    def split(windows: torch.Tensor) -> torch.Tensor:
-        return torch.cat(list(pool.map(single, windows.split(1))))
 
     def inferer(batch: int) -> SlidingWindowInferer:
         return SlidingWindowInferer((roi,) * 3, sw_batch_size=batch, overlap=0.5, mode="gaussian")
@@ -299,8 +289,8 @@ def tumour_windows(studies: int, margins: Sequence[int]) -> str:
     """
     import numpy as np
     from monai.bundle import ConfigParser
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
+    from monai.inferers import sliding_window_inference
+    from scipy import ndimage
 
     parser = ConfigParser()
     parser.read_config("bundle/configs/inference.json")
@@ -317,20 +307,24 @@ def tumour_windows(studies: int, margins: Sequence[int]) -> str:
         "|---" * (4 + len(margins)) + "|",
     ]
     for item in items:
-        data = preprocessing(item)
-        tumour = np.asarray(data["label"][0]) > 0
-        shape = [max(s, r) for s, r in zip(tumour.shape, roi)]  # the sliding window pads up to the window
-        slices = dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, 3, (overlap,) * 3))
+        tumour = np.asarray(preprocessing(item)["label"][0]) > 0
         voxels = np.argwhere(tumour)
-        low, high = voxels.min(axis=0), voxels.max(axis=0)
-        free = [
-            sum(not tumour[tuple(slice(max(w[i].start - m, 0), w[i].stop + m) for i in range(3))].any() for w in slices)
-            for m in margins
-        ]
+        extent = tuple(int(e) for e in voxels.max(axis=0) - voxels.min(axis=0) + 1)
+        free = []
+        for m in margins:
+            # a window grown by m holds tumour exactly when the window holds tumour dilated by a (2m + 1)^3 cube;
+            # MONAI's own sliding window then lays (and pads) the windows as inference does
+            grown = ndimage.maximum_filter(tumour, size=2 * m + 1) if m else tumour
+            holds: list[bool] = []
+
+            def record(windows: torch.Tensor, holds: list[bool] = holds) -> torch.Tensor:
+                holds.extend(windows.flatten(1).any(dim=1).tolist())
+                return windows
+
+            sliding_window_inference(torch.from_numpy(grown)[None, None].float(), roi, 1, record, overlap=overlap)
+            free.append(holds.count(False))
         lines.append(
-            f"| {item['case']} | {tuple(tumour.shape)} | {tuple(int(e) for e in high - low + 1)} | {len(slices)} | "
-            + " | ".join(map(str, free))
-            + " |"
+            f"| {item['case']} | {tuple(tumour.shape)} | {extent} | {len(holds)} | " + " | ".join(map(str, free)) + " |"
         )
     return "\n".join(lines)
 
