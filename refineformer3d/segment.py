@@ -4,7 +4,7 @@ Usage::
 
     refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--model bundle/models/model.pt] [--png]
         [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce] [--coregister]
-        [--modality t1ce=FILE ...] [--debug]
+        [--bias_correction] [--modality t1ce=FILE ...] [--debug]
 
 The input is anything ``inference.json``'s ``dataset_dir`` takes: one study folder in any naming (BraTS, BIDS, plain
 names; NIfTI, NRRD, MetaImage or one sub-folder per DICOM series), a folder of studies, a dataset, a datalist JSON or
@@ -49,6 +49,7 @@ def overrides(args: argparse.Namespace) -> dict:
         "output_format": args.output_format,
         "reference_modality": args.reference_modality,
         "coregister": bool(args.coregister),
+        "bias_correction": bool(args.bias_correction),
         "modality_files": _mapping(args.modality),
     }
     if args.device:
@@ -73,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="nifti")
     parser.add_argument("--reference_modality", choices=MODALITIES, default="t1ce", help="grid of the output")
     parser.add_argument("--coregister", action="store_true", help="rigidly register each modality to the reference")
+    parser.add_argument(
+        "--bias_correction",
+        action="store_true",
+        help="N4 bias field correction of each sequence before normalising (studies from other scanners; ~5 s a study)",
+    )
     parser.add_argument(
         "--modality", action="append", default=[], metavar="MODALITY=FILE", help="map a file to a modality (repeat)"
     )

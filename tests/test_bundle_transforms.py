@@ -189,3 +189,36 @@ def test_augment_overlay_bias_field_strength_is_a_config_key(tiny_brats):
     parser["bias_field_prob"], parser["bias_field_coeff_range"] = 0.7, "$(0.0, 0.3)"
     fields = [t for t in parser.get_parsed_content("train#preprocessing").transforms if hasattr(t, "rand_bias_field")]
     assert len(fields) == 4 and all(t.prob == 0.7 and t.rand_bias_field.coeff_range == (0.0, 0.3) for t in fields)
+
+
+@pytest.mark.parametrize("value", [False, "false", "False"])
+def test_bias_correction_is_off_unless_asked_for(tiny_brats, value):
+    parser = _parser(tiny_brats, bias_correction=value)
+    names = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
+    assert "BiasFieldCorrectiond" not in names and "NormalizeIntensityd" in names
+
+
+def test_bias_correction_runs_on_the_cropped_study_before_normalising(tiny_brats):
+    """One key switches N4 on in training, validation (and so evaluate.json) and inference, at the same place."""
+    inference = ConfigParser()
+    inference.read_config(str(CONFIGS / "inference.json"))
+    inference.update({"bias_correction": "true"})  # as a command line passes it
+    parser = _parser(tiny_brats, bias_correction=True)
+    for pipeline in (
+        parser.get_parsed_content("train#preprocessing"),
+        parser.get_parsed_content("validate#preprocessing"),
+        inference.get_parsed_content("preprocessing"),
+    ):
+        names = [type(t).__name__ for t in pipeline.transforms]
+        at = names.index("BiasFieldCorrectiond")
+        assert names[at - 1] == "CropForegroundd" and names[at + 1] == "NormalizeIntensityd"
+    entry = parser.get_parsed_content("val_datalist")[0]
+    corrected = parser.get_parsed_content("validate#preprocessing")(entry)["image"]
+    plain = _parser(tiny_brats).get_parsed_content("validate#preprocessing")(entry)["image"]
+    assert corrected.shape == plain.shape and torch.isfinite(corrected).all()
+    assert torch.equal(corrected != 0, plain != 0), "the brain and the background are where they were"
+    assert not torch.allclose(corrected, plain, atol=1e-3)
+    # MONAI's str2bool reads the key: a value that is not a yes or a no fails, naming the key and the value
+    with pytest.raises(RuntimeError, match="bias_correction") as error:
+        _parser(tiny_brats, bias_correction="maybe").get_parsed_content("validate#preprocessing")
+    assert '"maybe"' in str(error.value.__cause__)

@@ -296,6 +296,41 @@ def test_thick_slices_smooth_one_axis_only():
     np.testing.assert_allclose(np.take(thick, [0, 4, 8], axis=1).std(), np.take(thick, [0, 4, 8], axis=1).std())
 
 
+def test_thick_slices_of_a_fraction_of_a_voxel():
+    from scipy import ndimage
+
+    from refineformer3d.data.synthetic.phantom import _thick_slices
+
+    volume = np.random.default_rng(1).standard_normal((30, 31, 32)).astype(np.float32)
+    # a whole thickness given as a float is the same acquisition
+    np.testing.assert_array_equal(_thick_slices(volume, 2, 3), _thick_slices(volume, 2, 3.0))
+    thin, thick = _thick_slices(volume, 2, 2.5), _thick_slices(volume, 2, 5.0)
+    assert thin.shape == volume.shape
+
+    def roughness(x, axis):
+        return np.abs(np.diff(x, axis=axis)).mean()
+
+    # smoother along the slice axis the thicker the slices
+    assert roughness(thick, 2) < roughness(thin, 2) < roughness(volume, 2)
+    # slices centred on a voxel (0, 5, 10, ...) read the slab's average there, those between voxels (2.5, 7.5) the
+    # mean of the two neighbours'
+    blurred = ndimage.gaussian_filter1d(volume, 2.5 / 2.355, axis=2, mode="nearest")
+    np.testing.assert_allclose(thin[:, :, [0, 5, 10]], blurred[:, :, [0, 5, 10]], atol=1e-6)
+    # voxel 7 lies 0.8 of the way from the slice at 5 to the slice at 7.5
+    expected = 0.2 * blurred[:, :, 5] + 0.8 * (blurred[:, :, 7] + blurred[:, :, 8]) / 2
+    np.testing.assert_allclose(thin[:, :, 7], expected, atol=1e-5)
+
+
+def test_slice_thickness_is_in_mm_of_the_brats_grid():
+    from refineformer3d.data.synthetic.phantom import BRATS_SHAPE, grid_scale
+
+    assert grid_scale(BRATS_SHAPE) == 1.0
+    # half size is a 2 mm study: its 3-5 mm slices are 1.4-2.4 voxels, not 3-5 (6-10 mm of that brain)
+    assert 0.45 < grid_scale((120, 120, 78)) < 0.5
+    # the brain is never enlarged beyond the template, which fills BraTS's grid to 0.95
+    assert 1.0 < grid_scale((480, 480, 310)) < 1.1
+
+
 def test_contrast_jitter_changes_intensities_only():
     plain, jittered = make_case(0, 3, SHAPE), make_case(0, 3, SHAPE, contrast_jitter=0.3)
     assert np.array_equal(plain.label, jittered.label) and np.array_equal(plain.tissue, jittered.tissue)

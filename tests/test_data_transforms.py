@@ -254,3 +254,51 @@ def test_drop_sequence_checks_its_arguments_and_names_the_file():
         RandDropSequenced("image", num_sequences=(1, 2))({"image": image})
     with pytest.raises(ValueError, match="'other' has 3 channels"):
         RandDropSequenced(["image", "other"])({"image": torch.ones(4, 2, 2, 2), "other": torch.ones(3, 2, 2, 2)})
+
+
+def _biased_brain(size: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A skull-stripped ball of white matter (100) holding a brighter lesion (180), under a smooth multiplicative
+    field of about +-35 %: the image, the brain mask and the lesion mask."""
+    axis = torch.linspace(-1, 1, size)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    brain = x**2 + y**2 + z**2 < 0.8
+    lesion = (x - 0.2) ** 2 + y**2 + (z + 0.1) ** 2 < 0.06
+    tissue = torch.where(lesion, 180.0, 100.0) * brain
+    field = torch.exp(0.3 * x - 0.2 * y**2 + 0.15 * y * z)
+    return tissue * field, brain, lesion
+
+
+def test_bias_field_correction_divides_out_a_smooth_field_inside_the_brain():
+    from refineformer3d.data import BiasFieldCorrectiond
+
+    biased, brain, lesion = _biased_brain()
+    blank = torch.zeros_like(biased)
+    image = MetaTensor(torch.stack([biased, 2 * biased, blank]), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    out = BiasFieldCorrectiond("image", shrink_factor=2)({"image": image, "label": "kept"})
+    corrected = out["image"]
+    assert isinstance(corrected, MetaTensor) and corrected.dtype == torch.float32 and corrected.shape == image.shape
+    assert torch.equal(corrected.affine, image.affine) and out["label"] == "kept"
+    white = brain & ~lesion
+
+    def spread(values):
+        return float(values.std() / values.mean())
+
+    for c in range(2):
+        # the field is most of white matter's spread before, little of it after
+        assert spread(corrected[c][white]) < 0.4 * spread(image[c][white])
+        # tissue contrast survives: the lesion stays 1.8 times as bright as white matter
+        ratio = float(corrected[c][lesion].mean() / corrected[c][white].mean())
+        assert ratio == pytest.approx(1.8, rel=0.1)
+        assert (corrected[c][~brain] == 0).all()
+    assert torch.equal(corrected[2], blank), "a blank sequence has nothing to fit and stays as it is"
+
+
+def test_bias_field_correction_checks_its_arguments_and_the_image():
+    from refineformer3d.data import BiasFieldCorrectiond
+
+    for bad in ({"shrink_factor": 0}, {"iterations": ()}):
+        with pytest.raises(ValueError, match="shrink_factor must be at least 1"):
+            BiasFieldCorrectiond("image", **bad)
+    one_channel = MetaTensor(torch.ones(8, 8, 8), meta={"filename_or_obj": "/study/flair.nii.gz"})
+    with pytest.raises(ValueError, match=r"'image' \(/study/flair.nii.gz\) has shape \(8, 8, 8\)"):
+        BiasFieldCorrectiond("image")({"image": one_channel})

@@ -49,6 +49,15 @@ def test_console_script_is_declared():
     assert scripts["refineformer3d-segment"] == "refineformer3d.segment:main"
 
 
+def test_options_become_inference_json_overrides():
+    from refineformer3d.segment import _parser, overrides
+
+    plain = overrides(_parser().parse_args(["-i", "in", "-o", "out"]))
+    assert plain["bias_correction"] is False and plain["coregister"] is False
+    asked = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--bias_correction", "--coregister"]))
+    assert asked["bias_correction"] is True and asked["coregister"] is True
+
+
 def test_input_problems_are_one_line_exit_2_and_write_nothing(small_case, tmp_path, capsys):
     images, affine = small_case.images, small_case.affine
     ambiguous = named(tmp_path / "ambiguous", PLAIN, images, affine)

@@ -205,6 +205,8 @@ def test_the_efficiency_idea_arms_load():
         "tiny_stem16",
         "tiny_deep_supervision",
         "small_deep_supervision",
+        "small_bias_correction",
+        "tiny_bias_correction",
     ]
     assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
     by_name = {arm.name: arm for arm in arms}
@@ -237,6 +239,9 @@ def test_the_efficiency_idea_arms_load():
     ]
     assert {t["_target_"] for t in drops} == {"refineformer3d.data.RandDropSequenced"}
     assert [t["num_sequences"] for t in drops] == [[1, 1], [1, 2]]
+    # the correction is one config key, read by training, validation and scoring alike
+    for name in ("small_bias_correction", "tiny_bias_correction"):
+        assert by_name[name].overrides["bias_correction"] is True and not by_name[name].configs
 
 
 def test_ood_recipes_the_study_own_set_first_and_once():

@@ -35,6 +35,7 @@ _EXPORTS = {
     "ensure_dataset": "synthetic",
     "make_case": "synthetic",
     "make_dataset": "synthetic",
+    "BiasFieldCorrectiond": "transforms",
     "BratsLabelsFromPredictiond": "transforms",
     "ConvertBratsLabelsd": "transforms",
     "PathSafeSpacingd": "transforms",
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .studies import write_studies  # noqa: F401
     from .synthetic import ensure_dataset, make_case, make_dataset  # noqa: F401
     from .transforms import (  # noqa: F401
+        BiasFieldCorrectiond,
         BratsLabelsFromPredictiond,
         ConvertBratsLabelsd,
         PathSafeSpacingd,

@@ -26,8 +26,9 @@ The same seed gives the same bytes. Case ``i`` draws all its randomness from ``n
 (validation cases from ``[seed, 1, i]``), so a case does not depend on how many cases are made.
 
 ``--recipe shifted`` makes out-of-distribution studies from the same brains: another contrast table, tumours of two
-to four lobes with other core and edema proportions, more noise, a stronger bias field and thick slices (3-5 voxels
-along a random axis). ``--recipe shifted:bias+slices`` applies only the parts it names (``contrast``, ``tumours``,
+to four lobes with other core and edema proportions, more noise, a stronger bias field and thick slices (3-5 mm
+along a random axis: voxels of BraTS's grid; on a smaller grid, where the brain is scaled down to fit, the same
+thickness of anatomy). ``--recipe shifted:bias+slices`` applies only the parts it names (``contrast``, ``tumours``,
 ``noise``, ``bias``, ``slices``), to trace an out-of-distribution loss to its cause. ``--contrast_jitter J``
 randomises the default table per study (training data). None of these changes the default dataset's bytes or its
 cache.

@@ -20,7 +20,7 @@ from .preview import _save_preview
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TRAINING_DIR = "Brats17TrainingData"
 VALIDATION_DIR = "Brats17ValidationData"
 MARKER_FILE = "synthetic.json"

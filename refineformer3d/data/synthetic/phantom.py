@@ -201,6 +201,26 @@ def _draw_shifted_tumour(rng: np.random.Generator, grade: str, brain_scale: floa
     return _Tumour(enhancing, radius, axes, rotation, edema_reach, necrosis_ratio, mass_effect, tuple(lobes))
 
 
+def _room(shape: Sequence[int]) -> np.ndarray:
+    """Per axis, the largest brain scale that leaves 4 voxels of background on each side."""
+    return (np.asarray(shape) - 8.0) / _template().size
+
+
+def _fit(shape: Sequence[int]) -> float:
+    """The scale at which the whole template brain fits the grid (at most 1: it is never enlarged)."""
+    return min(1.0, float(_room(shape).min()))
+
+
+def grid_scale(shape: Sequence[int]) -> float:
+    """Voxels of ``shape`` per voxel of BraTS's 1 mm grid: 1 at 240x240x155, about 0.5 at half size.
+
+    Below BraTS's grid the brain is scaled down to fit, so a voxel there stands for ``1 / grid_scale`` mm of anatomy;
+    sizes meant in mm (a thick slice) are converted with it, so that a half-size study is a 2 mm study of the same
+    acquisition rather than one with slices twice as thick.
+    """
+    return _fit(shape) / _fit(BRATS_SHAPE)
+
+
 def _draw_pose(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
     """A random brain size, rotation and shift.
 
@@ -208,8 +228,8 @@ def _draw_pose(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[n
         The 4x4 matrix from output voxel to template voxel, and the mean brain scale (output voxels per template mm).
     """
     template = _template()
-    room = (np.asarray(shape) - 8.0) / template.size  # leave 4 voxels of background on each side
-    fit = min(1.0, float(room.min()))
+    room = _room(shape)
+    fit = _fit(shape)
     scales = np.minimum(fit * rng.uniform(0.88, 0.97) * rng.uniform(0.97, 1.03, size=3), room)
     rotation = Rotation.from_euler("xyz", rng.uniform(-5.0, 5.0, size=3), degrees=True).as_matrix()
     shift = rng.uniform(-3.0, 3.0, size=3) * fit
@@ -335,6 +355,7 @@ def _modalities(
     recipe: str = "default",
     contrast_jitter: float = 0.0,
     jitter_rng: np.random.Generator | None = None,
+    slice_scale: float = 1.0,
 ) -> np.ndarray:
     """Four int16 modalities for the brain box, zero outside the brain.
 
@@ -347,6 +368,7 @@ def _modalities(
             slices along a random axis), or ``"shifted:"`` with some of those parts (see ``make_case``).
         contrast_jitter: each entry of the contrast table is scaled by ``exp(U(-j, j))`` drawn from ``jitter_rng``,
             so that a network cannot learn one table's levels; 0 leaves the case as it was.
+        slice_scale: voxels per mm of the shifted recipe's slice thickness (:func:`grid_scale` of the grid).
 
     Returns:
         (4, *box_shape) int16.
@@ -362,8 +384,8 @@ def _modalities(
     wm_level = np.array([rng.uniform(*r) for r in _WM_LEVEL], dtype=np.float32)
     noise = np.float32(rng.uniform(0.04, 0.08) if "noise" in shifts else rng.uniform(0.015, 0.04))
     bias_std = np.array([0.08, 0.08, 0.08, 0.05, 0.05, 0.05, 0.04, 0.04, 0.04]) * (2.5 if "bias" in shifts else 1.0)
-    if shifted:  # a 2D acquisition: slices 3 to 5 voxels thick along one axis (drawn for every part: same streams)
-        slice_axis, slice_thickness = int(rng.integers(3)), int(rng.integers(3, 6))
+    if shifted:  # a 2D acquisition: slices 3 to 5 mm thick along one axis (drawn for every part: same streams)
+        slice_axis, slice_thickness = int(rng.integers(3)), int(rng.integers(3, 6)) * slice_scale
     amount = np.clip(sum(parts.values()), 0, 1)
     xyz = [
         np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape([-1 if i == a else 1 for i in range(3)])
@@ -402,21 +424,26 @@ def _modalities(
     return images
 
 
-def _thick_slices(volume: np.ndarray, axis: int, thickness: int) -> np.ndarray:
+def _thick_slices(volume: np.ndarray, axis: int, thickness: float) -> np.ndarray:
     """Simulates an acquisition with slices ``thickness`` voxels thick along ``axis``, resampled back to the grid.
 
     Each slice averages its slab (a Gaussian slice profile whose FWHM is the thickness); the grid is then filled by
-    linear interpolation between slice centres, as a scanner's reformat would.
+    linear interpolation between slice centres, as a scanner's reformat would. The thickness need not be a whole
+    number of voxels (a 5 mm slice of a 2 mm study): a slice centred between two voxels is read between them.
 
     Args:
         volume: (X, Y, Z) float32.
 
     Returns:
-        (X, Y, Z) float32.
+        (X, Y, Z), float64 (the interpolation weights are).
     """
     blurred = ndimage.gaussian_filter1d(volume, thickness / 2.355, axis=axis, mode="nearest")
-    centres = np.arange(0, volume.shape[axis], thickness)
-    slices = np.take(blurred, centres, axis=axis)
+    centres = np.arange(0, volume.shape[axis], thickness, dtype=np.float32)
+    first = np.floor(centres).astype(int)
+    second = np.minimum(first + 1, volume.shape[axis] - 1)
+    # whole-voxel centres get weight 0 exactly, so whole thicknesses give the slices they always gave
+    fraction = (centres - first).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
+    slices = (1 - fraction) * np.take(blurred, first, axis=axis) + fraction * np.take(blurred, second, axis=axis)
     position = np.arange(volume.shape[axis], dtype=np.float32) / thickness
     below = np.minimum(np.floor(position).astype(int), len(centres) - 1)
     above = np.minimum(below + 1, len(centres) - 1)
@@ -441,7 +468,7 @@ def make_case(
         validation: draw from the validation stream (names ``Brats17_SYNVAL_*``) instead of the training one.
         recipe: ``"default"``, or ``"shifted"`` for out-of-distribution tests: another contrast table, tumours of two
             to four lobes with other core, necrosis and edema proportions, more noise, a stronger bias field and
-            slices 3 to 5 voxels thick along a random axis.
+            slices 3 to 5 mm thick along a random axis (in voxels of a smaller grid, times :func:`grid_scale`).
             ``"shifted:bias+slices"`` applies only the parts it names, out of ``SHIFTS``: ``contrast`` (the
             table), ``tumours``, ``noise``, ``bias``, ``slices``; the others stay as in the default recipe.
         contrast_jitter: randomises the contrast table per study, each entry scaled by ``exp(U(-j, j))`` (training
@@ -488,7 +515,7 @@ def make_case(
     images = np.zeros((4, *shape), dtype=np.int16)
     jitter_rng = np.random.default_rng([seed, int(validation), index, 1])
     images[(slice(None), *_box(low, high))] = _modalities(
-        rng, t1, brain, parts, texture, part_box, recipe, contrast_jitter, jitter_rng
+        rng, t1, brain, parts, texture, part_box, recipe, contrast_jitter, jitter_rng, grid_scale(shape)
     )
     label = np.zeros(shape, dtype=np.uint8)
     label[_box(part_low, part_high)] = part_label
