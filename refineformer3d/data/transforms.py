@@ -393,10 +393,10 @@ class BiasFieldCorrectiond(MapTransform):
     generator's mild fields, the equal-budget study's networks lost most of their tumour-core Dice on studies with
     another contrast table under a stronger field (bundle docs, "Where the out-of-distribution loss comes from").
     N4 estimates the field as a smooth B-spline of the log intensities and divides it out, a standard step of MRI
-    preprocessing; MONAI has no such transform. For each channel the field is fitted on the
-    image shrunk by ``shrink_factor`` (the field is smooth, and N4's time grows with the voxels), inside the mask of
-    that channel's non-zero voxels (the skull-stripped brain), then evaluated on the full grid; voxels outside the
-    mask stay as they were. A channel with fewer than ``min_voxels`` non-zero voxels (a blank sequence) is left alone.
+    preprocessing; MONAI has no such transform. For each channel the field is fitted on the image shrunk by
+    ``shrink_factor`` (the field is smooth, and N4's time grows with the voxels), inside the mask of that channel's
+    non-zero voxels (the skull-stripped brain), then evaluated on the full grid; voxels outside the mask stay as they
+    were. A channel with fewer than ``min_voxels`` non-zero voxels (a blank sequence) is left alone.
 
     Put it before ``NormalizeIntensityd``, on the scanner's (positive) intensities, which a field multiplies, and
     after the crop to the brain (fewer voxels). The fit uses as many threads as torch (``torch.get_num_threads()``).
