@@ -4,7 +4,7 @@ Usage::
 
     refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--model bundle/models/model.pt] [--png]
         [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce] [--coregister]
-        [--bias_correction] [--modality t1ce=FILE ...] [--debug]
+        [--bias_correction | --no-bias_correction] [--modality t1ce=FILE ...] [--debug]
 
 The input is anything ``inference.json``'s ``dataset_dir`` takes: one study folder in any naming (BraTS, BIDS, plain
 names; NIfTI, NRRD, MetaImage or one sub-folder per DICOM series), a folder of studies, a dataset, a datalist JSON or
@@ -49,9 +49,10 @@ def overrides(args: argparse.Namespace) -> dict:
         "output_format": args.output_format,
         "reference_modality": args.reference_modality,
         "coregister": bool(args.coregister),
-        "bias_correction": bool(args.bias_correction),
         "modality_files": _mapping(args.modality),
     }
+    if args.bias_correction is not None:
+        values["bias_correction"] = args.bias_correction
     if args.device:
         values["device"] = f"$torch.device({args.device!r})"
     if args.model:
@@ -76,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--coregister", action="store_true", help="rigidly register each modality to the reference")
     parser.add_argument(
         "--bias_correction",
-        action="store_true",
-        help="N4 bias field correction of each sequence before normalising (studies from other scanners; ~5 s a study)",
+        action=argparse.BooleanOptionalAction,
+        help="N4 bias field correction of each sequence before normalising (default: the bundle's inference.json, "
+        "on; the shipped weights were trained with it; about 5 s a study)",
     )
     parser.add_argument(
         "--modality", action="append", default=[], metavar="MODALITY=FILE", help="map a file to a modality (repeat)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -191,8 +193,34 @@ def test_augment_overlay_bias_field_strength_is_a_config_key(tiny_brats):
     assert len(fields) == 4 and all(t.prob == 0.7 and t.rand_bias_field.coeff_range == (0.0, 0.3) for t in fields)
 
 
+def test_training_smooths_some_crops_so_resampled_studies_do_not_look_like_tumour(tiny_brats):
+    """The last two random transforms: Gaussian noise and Gaussian smoothing, each with its probability key."""
+    transforms = _parser(tiny_brats).get_parsed_content("train#preprocessing").transforms
+    assert [type(t).__name__ for t in transforms[-2:]] == ["RandGaussianNoised", "RandGaussianSmoothd"]
+    assert (transforms[-2].prob, transforms[-1].prob) == (0.1, 0.2)
+
+    def crops(smooth_prob):
+        parser = _parser(tiny_brats, roi_size=[32, 32, 32], noise_prob=0.0, smooth_prob=smooth_prob)
+        preprocessing = parser.get_parsed_content("train#preprocessing")
+        preprocessing.set_random_state(0)
+        return [c["image"] for c in preprocessing(parser.get_parsed_content("train_datalist")[0])]
+
+    def roughness(image):  # mean squared difference of neighbouring voxels: what smoothing takes away
+        return float(sum(torch.diff(image, dim=d).pow(2).mean() for d in (1, 2, 3)))
+
+    for smoothed, plain, again in zip(crops(1.0), crops(0.0), crops(0.0), strict=True):
+        assert torch.equal(plain, again), "at probability 0 the crops are what they were"
+        assert smoothed.shape == plain.shape and roughness(smoothed) < 0.7 * roughness(plain)
+
+
+def test_bias_correction_is_on_by_default():
+    """The shipped weights were trained with N4, so training, evaluation and inference run it unless told not to."""
+    for name in ("train.json", "inference.json"):
+        assert json.loads((CONFIGS / name).read_text())["bias_correction"] is True, name
+
+
 @pytest.mark.parametrize("value", [False, "false", "False"])
-def test_bias_correction_is_off_unless_asked_for(tiny_brats, value):
+def test_bias_correction_can_be_switched_off(tiny_brats, value):
     parser = _parser(tiny_brats, bias_correction=value)
     names = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
     assert "BiasFieldCorrectiond" not in names and "NormalizeIntensityd" in names
@@ -214,7 +242,7 @@ def test_bias_correction_runs_on_the_cropped_study_before_normalising(tiny_brats
         assert names[at - 1] == "CropForegroundd" and names[at + 1] == "NormalizeIntensityd"
     entry = parser.get_parsed_content("val_datalist")[0]
     corrected = parser.get_parsed_content("validate#preprocessing")(entry)["image"]
-    plain = _parser(tiny_brats).get_parsed_content("validate#preprocessing")(entry)["image"]
+    plain = _parser(tiny_brats, bias_correction=False).get_parsed_content("validate#preprocessing")(entry)["image"]
     assert corrected.shape == plain.shape and torch.isfinite(corrected).all()
     assert torch.equal(corrected != 0, plain != 0), "the brain and the background are where they were"
     assert not torch.allclose(corrected, plain, atol=1e-3)

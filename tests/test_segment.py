@@ -53,9 +53,12 @@ def test_options_become_inference_json_overrides():
     from refineformer3d.segment import _parser, overrides
 
     plain = overrides(_parser().parse_args(["-i", "in", "-o", "out"]))
-    assert plain["bias_correction"] is False and plain["coregister"] is False
+    assert plain["coregister"] is False
+    assert "bias_correction" not in plain, "inference.json's own default (on) applies"
     asked = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--bias_correction", "--coregister"]))
     assert asked["bias_correction"] is True and asked["coregister"] is True
+    off = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--no-bias_correction"]))
+    assert off["bias_correction"] is False
 
 
 def test_input_problems_are_one_line_exit_2_and_write_nothing(small_case, tmp_path, capsys):
@@ -277,3 +280,41 @@ def test_every_layout_segments_onto_the_t1ce_grid_as_well_as_brats_layout(tmp_pa
     assert main(["-i", str(moved), "-o", str(tmp_path / "reg"), "--coregister"]) == 0
     registered = np.asanyarray(nib.load(tmp_path / "reg" / "mystudy_seg.nii.gz").dataobj) > 0
     assert _dice(registered, truth) >= 0.9 * reference
+
+
+@pytest.mark.slow  # about 40 s: 4 studies of 128x128x96
+def test_shipped_weights_segment_smoother_studies_as_well_as_the_synthetic_ones(tmp_path, shipped_weights):
+    """Studies interpolated onto another grid, or smoothed, are less noisy than the generator's: the weights must not
+    read the noise texture. The first N4-trained weights, without smoothing in training, called smooth brain tumour
+    (WT Dice 0.73 on the oblique study against 0.92); the 0.4.0 weights keep 0.94-0.95 of the reference, the 0.3.5
+    weights kept 0.98-0.99 (the bundle docs, "Shipped weights and results")."""
+    from scipy import ndimage
+
+    case = make_case(seed=3, index=1, shape=(128, 128, 96))
+    images, affine = case.images, case.affine
+    truth = case.label > 0
+    oblique = rigidly_moved(images[2], affine, 10.0, 0)
+    studies = {
+        "reference": (images, affine, truth),
+        # smoothed inside the brain only: the background, and so the brain mask, stay as they were
+        "smoothed": (
+            [np.where(i > 0, ndimage.gaussian_filter(i.astype(np.float32), 0.8), 0) for i in images],
+            affine,
+            truth,
+        ),
+        "oblique": (
+            [_on_grid(i, affine, oblique, "bilinear") for i in images],
+            oblique,
+            _on_grid(truth.astype(np.float32), affine, oblique, "nearest") > 0,
+        ),
+    }
+    for name, (volumes, grid, _) in studies.items():
+        named(tmp_path / "studies" / name, PLAIN, np.stack(volumes), grid)
+    assert main(["-i", str(tmp_path / "studies"), "-o", str(tmp_path / "out"), "--model", str(shipped_weights)]) == 0
+    dice = {
+        name: _dice(np.asanyarray(nib.load(tmp_path / "out" / f"{name}_seg.nii.gz").dataobj) > 0, reference)
+        for name, (_, _, reference) in studies.items()
+    }
+    print("whole-tumour Dice:", {k: round(v, 3) for k, v in dice.items()})
+    assert dice["reference"] > 0.85
+    assert min(dice["smoothed"], dice["oblique"]) >= 0.9 * dice["reference"], dice
