@@ -36,6 +36,9 @@ FAST = {
     "sw_batch_size": 4,
     "warmup_epochs": 1,
     "device": "cpu",
+    # N4 takes about 0.3 s per small study and these tests are about the workflows; test_bundle_transforms, the
+    # segment and export tests run it
+    "bias_correction": False,
 }
 
 
