@@ -10,6 +10,7 @@ Usage::
     python scripts/efficiency_ideas.py tumour-windows --studies 12   # at most how many hold no tumour (labels)
     python scripts/efficiency_ideas.py window-threads --rounds 5      # one window on 2 threads, or 2 windows at once
     python scripts/efficiency_ideas.py profile --model refineformer3d_tiny   # where one forward's time goes
+    python scripts/efficiency_ideas.py budget --speedup 5 --rounds 3   # the time a 5x study leaves tiny per window
     python scripts/efficiency_ideas.py int8 --onnx model.onnx model_int8.onnx --studies 2   # time and Dice per runtime
 """
 
@@ -37,6 +38,18 @@ ARMS = {
     # small's stem width on tiny (refine_channels sets small's stem too: run it on tiny); the decoder that upsampled
     # logits instead of features (final_upsampling="logits") was measured at daa1bba and removed
     "stem 16 channels": {"refine_channels": (16, 16)},
+    # where tiny's gap to small lives (tiny's widths elsewhere: run these on tiny too)
+    "small's widths at 1/16, 1/32": {"embed_dims": (16, 32, 128, 256), "num_heads": (1, 2, 4, 8)},
+    "wider from 1/8": {"embed_dims": (16, 48, 96, 160), "num_heads": (1, 2, 4, 8)},
+    "wider decoder": {"decoder_channels": (24, 32, 48, 64)},
+    "small's width at 1/4": {"embed_dims": (32, 32, 80, 128)},
+    "small's widths at 1/4, 1/8": {"embed_dims": (32, 64, 80, 128)},
+    "every width of small": {
+        "embed_dims": (32, 64, 128, 256),
+        "num_heads": (1, 2, 4, 8),
+        "decoder_channels": (32, 48, 64, 96),
+        "refine_channels": (16, 16),
+    },
 }
 
 
@@ -191,6 +204,86 @@ def profile(model: str, roi: int, rows: int) -> str:
     ]
     for g in sorted(groups, key=lambda g: -g.self_cpu_time_total)[:rows]:
         lines.append(f"| {g.key} | {g.input_shapes} | {g.count} | {g.self_cpu_time_total / 1e3:.1f} |")
+    return "\n".join(lines)
+
+
+def budget(speedup: float, rounds: int, volume: Sequence[int], model: str = "refineformer3d_tiny") -> str:
+    """What a study ``speedup`` times faster than SegFormer3D's leaves ``model`` per window, against its parts.
+
+    In one process, in interleaved rounds: SegFormer3D's whole volume at two windows per batch (its best on a CPU),
+    ``model``'s at one (``inference.json``'s CPU setting), and the sliding window alone (a predictor that returns
+    zeros: gathering windows, Gaussian weighting, stitching). The window budget is ``(SegFormer3D / speedup - sliding
+    window) / windows``. Then ``model``'s forwards of one window are timed with timers on the token mixers of its
+    first (1/4-resolution) stage and on its full-resolution step: the rest is what no change to those two can reach.
+    """
+    from refineformer3d.benchmark import inferer_settings, sliding_window
+    from refineformer3d.summary import count_windows
+
+    settings = inferer_settings()
+    roi = tuple(settings["roi_size"])
+    image = torch.randn(1, 4, *volume)
+    windows = count_windows(image.shape, roi, settings["overlap"])
+    inferer = {batch: sliding_window(roi, {**settings, "sw_batch_size": batch}) for batch in (1, 2)}
+    segformer = create_model("segformer3d", in_channels=4, out_channels=3).eval()
+    net = create_model(model, in_channels=4, out_channels=3).eval()
+
+    def zeros(x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros((x.shape[0], 3, *x.shape[2:]))
+
+    studies = {
+        "SegFormer3D, 2 windows per batch": lambda: inferer[2](image, segformer),
+        f"{model}, 1 window per batch": lambda: inferer[1](image, net),
+        "the sliding window alone": lambda: inferer[1](image, zeros),
+    }
+    with torch.inference_mode():
+        seg, own, alone = (statistics.median(t) for t in interleaved_times(studies, rounds).values())
+
+    spent = {"first stage's token mixing": 0.0, "full-resolution step": 0.0}
+
+    def timed(part: str, fn: Callable) -> Callable:
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[part] += time.perf_counter() - start
+            return out
+
+        return run
+
+    for block in net.encoder.stages[0].blocks:
+        block.attn.forward = timed("first stage's token mixing", block.attn.forward)
+    head = net.decode_head
+    head._classify_full_resolution = timed("full-resolution step", head._classify_full_resolution)
+    window = torch.randn(1, 4, *roi)
+    forwards = 4 * rounds
+    with torch.inference_mode():
+        net(window)
+        spent.update(dict.fromkeys(spent, 0.0))  # the warm-up's time out
+        start = time.perf_counter()
+        for _ in range(forwards):
+            net(window)
+        forward = (time.perf_counter() - start) / forwards
+    target = seg / speedup
+    window_budget = (target - alone) / windows
+    rest = forward - sum(spent.values()) / forwards
+    in_study = (own - alone) / windows
+    ms = 1e3
+    lines = [
+        f"whole 4x{'x'.join(map(str, volume))} volume: {windows} windows of {'x'.join(map(str, roi))}, overlap "
+        f"{settings['overlap']}, {torch.get_num_threads()} threads; studies: medians of {rounds} rounds; forwards: the "
+        f"mean of {forwards}",
+        "",
+        "| | time |",
+        "|---|---:|",
+        f"| SegFormer3D's study (2 windows per batch) | {seg:.2f} s |",
+        f"| {model}'s study (1 window per batch) | {own:.2f} s ({own / seg:.2f} of SegFormer3D's) |",
+        f"| the sliding window alone | {alone:.2f} s |",
+        f"| a study {speedup:g} times faster than SegFormer3D's | {target:.2f} s |",
+        f"| what that leaves a window: (that - the sliding window) / {windows} | {window_budget * ms:.0f} ms |",
+        f"| {model}'s window in its study: (study - the sliding window) / {windows} | {in_study * ms:.0f} ms |",
+        f"| {model}'s forward of one window | {forward * ms:.0f} ms |",
+    ]
+    lines += [f"| of which the {part} | {seconds / forwards * ms:.0f} ms |" for part, seconds in spent.items()]
+    lines.append(f"| of which the rest | {rest * ms:.0f} ms ({rest / window_budget:.2f} of the window budget) |")
     return "\n".join(lines)
 
 
@@ -350,6 +443,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     wt.add_argument("--roi", type=int, default=128)
     wt.add_argument("--rounds", type=int, default=5)
     wt.add_argument("--volume", type=int, nargs=3, default=None, metavar=("D", "H", "W"), help="also a whole volume")
+    bu = sub.add_parser("budget")
+    bu.add_argument("--speedup", type=float, default=5.0, help="the target: a study this many times faster")
+    bu.add_argument("--model", default="refineformer3d_tiny")
+    bu.add_argument("--rounds", type=int, default=3)
+    bu.add_argument("--volume", type=int, nargs=3, default=[240, 240, 155], metavar=("D", "H", "W"))
+    bu.add_argument("--threads", type=int, default=2)
     pr = sub.add_parser("profile")
     pr.add_argument("--model", default="refineformer3d_tiny")
     pr.add_argument("--roi", type=int, default=128)
@@ -368,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(networks(args.models, args.roi, args.rounds, args.arms))
     elif args.part == "early-exit":
         print(early_exit(args.studies, args.thresholds, crop=not args.no_crop))
+    elif args.part == "budget":
+        torch.set_num_threads(args.threads)
+        print(budget(args.speedup, args.rounds, args.volume, args.model))
     elif args.part == "profile":
         torch.set_num_threads(args.threads)
         print(profile(args.model, args.roi, args.rows))

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from refineformer3d import study
+from refineformer3d.networks import create_model
 
 
 def test_default_arms_cover_the_compared_networks():
@@ -207,6 +208,18 @@ def test_the_efficiency_idea_arms_load():
         "small_deep_supervision",
         "small_bias_correction",
         "tiny_bias_correction",
+        "tiny_coarse_small",
+        "tiny_coarse_mid",
+        "tiny_decoder_wide",
+        "tiny_stage1_small",
+        "tiny_stages12_small",
+        "tiny_lr1e-3",
+        "tiny_lr2e-3",
+        "small_lr1e-3",
+        "small_lr2e-3",
+        "segformer3d_lr2e-3",
+        "tiny_lr4e-3",
+        "small_lr4e-3",
     ]
     assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
     by_name = {arm.name: arm for arm in arms}
@@ -242,6 +255,20 @@ def test_the_efficiency_idea_arms_load():
     # the correction is one config key, read by training, validation and scoring alike
     for name in ("small_bias_correction", "tiny_bias_correction"):
         assert by_name[name].overrides["bias_correction"] is True and not by_name[name].configs
+    # the width arms build tiny with small's encoder widths at the stages they name, and tiny's elsewhere
+    small, tiny = create_model("refineformer3d_small"), create_model("refineformer3d_tiny")
+    for name, stages in (("tiny_coarse_small", {2, 3}), ("tiny_stage1_small", {0}), ("tiny_stages12_small", {0, 1})):
+        overrides = by_name[name].overrides
+        kwargs = {k.split("#", 1)[1]: v for k, v in overrides.items() if k.split("#", 1)[1] not in ("_target_", "name")}
+        widths = create_model(overrides["network_def#name"], **kwargs).encoder.embed_dims
+        expected = [(small if i in stages else tiny).encoder.embed_dims[i] for i in range(4)]
+        assert list(widths) == expected, name
+    # the learning-rate arms change the rate alone, of the network their name starts with
+    for name in ("tiny_lr1e-3", "tiny_lr2e-3", "tiny_lr4e-3", "small_lr1e-3", "small_lr2e-3", "small_lr4e-3"):
+        overrides = by_name[name].overrides
+        assert overrides["learning_rate"] == float(name.split("_lr")[1])
+        assert overrides["network_def#name"] == "refineformer3d_" + name.split("_")[0] and len(overrides) == 3
+    assert by_name["segformer3d_lr2e-3"].overrides["network_def#name"] == "segformer3d"
 
 
 def test_ood_recipes_the_study_own_set_first_and_once():
