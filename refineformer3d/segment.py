@@ -2,7 +2,7 @@
 
 Usage::
 
-    refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--model bundle/models/model.pt] [--png]
+    refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--regions] [--model MODEL.pt] [--png]
         [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce] [--coregister]
         [--bias_correction | --no-bias_correction] [--modality t1ce=FILE ...] [--debug]
 
@@ -55,6 +55,9 @@ def overrides(args: argparse.Namespace) -> dict:
         values["bias_correction"] = args.bias_correction
     if args.device:
         values["device"] = f"$torch.device({args.device!r})"
+    if args.regions:
+        values["label_scheme"] = "regions"
+        values["ckpt_path"] = str(Path(args.bundle_dir, "models", "model_regions.pt").absolute())
     if args.model:
         values["ckpt_path"] = str(Path(args.model).expanduser().absolute())
     return values
@@ -70,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda:0 when available)")
     parser.add_argument("--model", help="checkpoint to load (default: the bundle's models/model.pt)")
+    parser.add_argument(
+        "--regions",
+        action="store_true",
+        help="segment the BraTS regions with the regions weights (models/model_regions.pt): labels 1 necrosis, "
+        "2 edema, 4 enhancing tumour; without it, 1 tumour core, 2 edema",
+    )
     parser.add_argument("--png", action="store_true", help="write <study>_seg.png, an overview")
     parser.add_argument("--report", action="store_true", help="write <study>_report.json (inputs, grid, volumes)")
     parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="nifti")

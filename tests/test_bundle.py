@@ -24,6 +24,8 @@ REGIONS = str(CONFIGS / "regions.json")
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 META = str(CONFIGS / "metadata.json")
 MLFLOW = str(CONFIGS / "mlflow.json")
+AUGMENT = str(CONFIGS / "augment.json")
+PERSISTENT_CACHE = str(CONFIGS / "persistent_cache.json")
 LOGGING = str(CONFIGS / "logging.conf")
 
 # What keeps a CPU test short: the tiny variant, 32^3 crops, no worker processes.
@@ -113,6 +115,55 @@ def test_resume_continues_from_saved_epoch(tmp_path, tiny_brats):
     wf.run()
     wf.finalize()
     assert epochs_run == [2], "a resumed run must start after the saved epoch, not from scratch"
+
+
+def test_initial_ckpt_starts_training_from_those_weights(tmp_path, tiny_brats):
+    from refineformer3d.data import InputError
+    from refineformer3d.networks import create_model
+
+    torch.manual_seed(123)
+    source = create_model("refineformer3d_tiny", in_channels=4, out_channels=3).state_dict()
+    # a bare float16 state dict, as bundle/models/model.pt is shipped
+    torch.save({k: v.half() for k, v in source.items()}, tmp_path / "start.pt")
+    wf = _workflow(TRAIN, tmp_path / "run", tiny_brats, epochs=1, initial_ckpt=str(tmp_path / "start.pt"))
+    network = wf.parser.get_parsed_content("network")
+    at_first_step = {}
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.ITERATION_STARTED(once=1),
+        lambda _: at_first_step.update({k: v.detach().clone() for k, v in network.state_dict().items()}),
+    )
+    wf.run()
+    wf.finalize()
+    assert at_first_step.keys() == source.keys()
+    assert all(torch.equal(at_first_step[k], v.half().to(v.dtype)) for k, v in source.items())
+    head = "decode_head.classifier.weight"
+    assert not torch.equal(network.state_dict()[head], at_first_step[head]), "and trains from there"
+
+    wf = _workflow(TRAIN, tmp_path / "run2", tiny_brats, epochs=1, initial_ckpt=str(tmp_path / "missing.pt"))
+    with pytest.raises(InputError, match="missing.pt"):
+        wf.run()
+
+
+@pytest.mark.filterwarnings("error:Corrupt cache file")  # MONAI's word for a cached file it cannot load back
+def test_persistent_cache_keeps_each_pipeline_apart(tmp_path, tiny_brats):
+    cache = tmp_path / "cache"
+
+    def read_every_study(config_file):
+        wf = _workflow(config_file, tmp_path / "run", tiny_brats, cache_dir=str(cache))
+        datasets = [wf.parser.get_parsed_content(f"{part}#dataset") for part in ("train", "validate")]
+        for _ in range(2):  # the second pass loads what the first wrote
+            items = [dataset[i] for dataset in datasets for i in range(len(dataset))]
+        return datasets, items
+
+    (train, validate), items = read_every_study([TRAIN, PERSISTENT_CACHE])
+    assert all(isinstance(i, (list, dict)) for i in items)
+    # without augmentation, training caches what validation does: one file per study
+    plain = {p.name for p in cache.iterdir()}
+    assert len(plain) == len(train) + len(validate)
+    # augment.json stops before normalising: its training studies are cached apart, validation's are reused
+    read_every_study([TRAIN, AUGMENT, PERSISTENT_CACHE])
+    assert {p.name for p in cache.iterdir()} > plain
+    assert len(list(cache.iterdir())) == 2 * len(train) + len(validate)
 
 
 def test_evaluate_writes_per_case_and_summary_csv(trained, tiny_brats):

@@ -494,3 +494,49 @@ def test_entries_carry_their_convention_for_configs_that_swap_the_entries(tmp_pa
         label_convention_of([{"convention": "msd"}, {"convention": "brats"}])
     with pytest.raises(ValueError, match="unknown label_convention"):
         label_convention_of([{"convention": "nnunet"}])
+
+
+def make_flat_brats2018(root: Path, cases: int = 7) -> Path:
+    """A BraTS 2018 training folder as redistributed (koriavinash1/BioExp's sample_vol/brats): the case folders
+    directly under the root, one extra file in each that is not a sequence."""
+    for i in range(cases):
+        folder = brats_case(root / f"Brats18_CBICA_A{i:02d}_1", label=tumour_label())
+        save(folder / "mask.nii.gz", np.ones((8, 8, 8), np.uint8))
+    return root
+
+
+def test_folds_test_every_case_once_and_select_on_other_folds(tmp_path):
+    root = make_flat_brats2018(tmp_path, cases=7)
+    folds = [build_datalist(root, val_fraction=0.15, seed=2, num_folds=3, fold=f) for f in range(3)]
+    tested = [e["case"] for d in folds for e in d["testing"]]
+    assert sorted(tested) == sorted(f"Brats18_CBICA_A{i:02d}_1" for i in range(7))  # each case tested once
+    assert sorted(len(d["testing"]) for d in folds) == [2, 2, 3]
+    for d in folds:
+        splits = [{e["case"] for e in d[s]} for s in ("training", "validation", "testing")]
+        assert sum(len(s) for s in splits) == 7 and not (splits[0] & splits[1] or splits[1] & splits[2])
+        assert len(splits[1]) == 1  # 0.15 of 7 labelled cases
+        assert all(len(e["image"]) == 4 and not e["image"][0].endswith("mask.nii.gz") for e in d["training"])
+        assert (d["num_folds"], d["seed"]) == (3, 2)
+    assert build_datalist(root, val_fraction=0.15, seed=2, num_folds=3, fold=1) == folds[1]
+    other_seed = [build_datalist(root, val_fraction=0.15, seed=5, num_folds=3, fold=f)["testing"] for f in range(3)]
+    assert other_seed != [d["testing"] for d in folds]
+
+
+@pytest.mark.parametrize("num_folds, fold", [(1, 0), (3, 3), (3, -1), (-2, 0)])
+def test_bad_folds(tmp_path, num_folds, fold):
+    with pytest.raises(ValueError, match="num_folds"):
+        build_datalist(make_flat_brats2018(tmp_path, cases=4), verify=False, num_folds=num_folds, fold=fold)
+
+
+def test_more_folds_than_cases(tmp_path):
+    with pytest.raises(ValueError, match="too few for 5 folds"):
+        build_datalist(make_flat_brats2018(tmp_path, cases=4), verify=False, num_folds=5, fold=0)
+
+
+def test_cli_writes_a_fold(tmp_path):
+    root = make_flat_brats2018(tmp_path / "data", cases=6)
+    output = tmp_path / "fold1.json"
+    assert main(["--dataset_dir", str(root), "--output", str(output), "--num_folds", "3", "--fold", "1"]) == 0
+    written = json.loads(output.read_text())
+    assert (written["num_folds"], written["fold"], len(written["testing"])) == (3, 1, 2)
+    assert load_datalist(output, "testing") == load_datalist(root, "testing", num_folds=3, fold=1)

@@ -59,6 +59,11 @@ def test_options_become_inference_json_overrides():
     assert asked["bias_correction"] is True and asked["coregister"] is True
     off = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--no-bias_correction"]))
     assert off["bias_correction"] is False
+    assert "label_scheme" not in plain and "ckpt_path" not in plain, "inference.json's model.pt, classes"
+    regions = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--regions", "--bundle_dir", "b"]))
+    assert regions["label_scheme"] == "regions" and regions["ckpt_path"].endswith("b/models/model_regions.pt")
+    own = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--regions", "--model", "mine.pt"]))
+    assert own["label_scheme"] == "regions" and own["ckpt_path"].endswith("mine.pt")
 
 
 def test_input_problems_are_one_line_exit_2_and_write_nothing(small_case, tmp_path, capsys):

@@ -16,7 +16,7 @@ Labelled cases are split into training, validation and testing; cases without a 
 Command line::
 
     python -m refineformer3d.data.datalist --dataset_dir DIR --output datalist.json \\
-        [--val_fraction 0.2 --test_fraction 0.1 --seed 0] [--no_verify]
+        [--val_fraction 0.2 --test_fraction 0.1 --seed 0] [--num_folds K --fold F] [--no_verify]
 
 On bad input it prints one line to stderr, exits with status 2 and writes nothing.
 """
@@ -79,11 +79,16 @@ def _check_case(case: _Case, root: Path, convention: str) -> list[str]:
     return check_study(_entry(case, root, absolute=True), root, convention)
 
 
-def _split(cases: list[_Case], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[_Case]]:
+def _split(
+    cases: list[_Case], val_fraction: float, test_fraction: float, seed: int, num_folds: int = 0, fold: int = 0
+) -> dict[str, list[_Case]]:
     """Deterministic split that keeps each grade's share in every split.
 
     Each grade's cases are shuffled and spread evenly over [0, 1); sorting all cases by that position interleaves
-    the grades, so any prefix holds them in proportion. Testing takes the first cases, validation the next.
+    the grades, so any prefix holds them in proportion. Testing takes the first cases, validation the next. With
+    ``num_folds``, the ordered cases are dealt to the folds in turn (every fold again holds the grades in proportion),
+    testing is fold ``fold`` and validation is taken from the other folds' cases, so that the checkpoint is chosen on
+    cases the fold's test never sees.
     """
     rng = np.random.default_rng(seed)
     positions = []
@@ -93,17 +98,24 @@ def _split(cases: list[_Case], val_fraction: float, test_fraction: float, seed: 
         positions += [((rank + 0.5) / len(members), grade, members[i].name, members[i]) for rank, i in enumerate(order)]
     ordered = [p[-1] for p in sorted(positions, key=lambda p: p[:3])]
     total = len(ordered)
-    n_test = max(1, round(total * test_fraction)) if test_fraction > 0 else 0
     n_val = max(1, round(total * val_fraction)) if val_fraction > 0 else 0
-    if total and n_test + n_val >= total:
+    if num_folds:
+        if total < num_folds:
+            raise DatasetError([f"{total} labelled cases are too few for {num_folds} folds"])
+        testing = ordered[fold::num_folds]
+        rest = [c for i, c in enumerate(ordered) if i % num_folds != fold]
+    else:
+        n_test = max(1, round(total * test_fraction)) if test_fraction > 0 else 0
+        testing, rest = ordered[:n_test], ordered[n_test:]
+    if total and n_val >= len(rest):
         raise DatasetError(
             [
-                f"{total} labelled cases are too few for val_fraction {val_fraction} and test_fraction "
-                f"{test_fraction}: no training cases would be left"
+                f"{total} labelled cases are too few for val_fraction {val_fraction} and "
+                + (f"{num_folds} folds" if num_folds else f"test_fraction {test_fraction}")
+                + ": no training cases would be left"
             ]
         )
-    testing, validation = ordered[:n_test], ordered[n_test : n_test + n_val]
-    training = ordered[n_test + n_val :]
+    validation, training = rest[:n_val], rest[n_val:]
     return {
         "training": sorted(training, key=lambda c: c.name),
         "validation": sorted(validation, key=lambda c: c.name),
@@ -128,19 +140,26 @@ def build_datalist(
     test_fraction: float = 0.1,
     seed: int = 0,
     verify: bool = True,
+    num_folds: int = 0,
+    fold: int = 0,
 ) -> dict:
     """Discovers a BraTS or MSD dataset and splits it into a Decathlon-style datalist.
 
     Args:
         dataset_dir: dataset root (any folder above the case folders).
         val_fraction: share of the labelled cases for validation (at least one case when above 0).
-        test_fraction: share of the labelled cases for testing (at least one case when above 0).
-        seed: split seed; the same seed and dataset give the same split.
+        test_fraction: share of the labelled cases for testing (at least one case when above 0); ignored with
+            ``num_folds``.
+        seed: split seed; the same seed and dataset give the same split (and the same folds).
         verify: read every file and check it (readable, shapes and affines agree, no NaN, no empty image, label values
             within the layout's convention). Reads the whole dataset, in parallel threads.
+        num_folds: for cross-validation, the number of folds the labelled cases are dealt to (0: no folds). Testing
+            is then fold ``fold``; validation, ``val_fraction`` of all labelled cases, comes from the other folds.
+        fold: the test fold, in ``[0, num_folds)``.
 
     Returns:
-        ``{"layout", "label_convention", "channels", "dataset_dir", "training", "validation", "testing"}``. Each
+        ``{"layout", "label_convention", "channels", "dataset_dir", "training", "validation", "testing"}``, and
+        ``"num_folds"`` and ``"fold"`` with folds. Each
         entry is ``{"image": [flair, t1, t1ce, t2] or one 4-D file, "label": file, "case": name}`` with paths
         relative to ``dataset_dir``. Testing lists the labelled held-out cases, then the unlabelled ones
         (validation-data folders, MSD ``imagesTs``), which have no ``"label"``.
@@ -163,6 +182,8 @@ def build_datalist(
                 f"{val_fraction} and {test_fraction}"
             ]
         )
+    if num_folds < 0 or num_folds == 1 or not (num_folds == 0 or 0 <= fold < num_folds):
+        raise DatasetError([f"num_folds must be 0 or at least 2, and fold in [0, num_folds); got {num_folds}, {fold}"])
     root, layout, cases = discover(dataset_dir)
     convention = _CONVENTION_OF_LAYOUT.get(layout, "brats")
     if verify:
@@ -171,13 +192,15 @@ def build_datalist(
         if problems:
             raise DatasetError(problems, where=str(root))
     labelled = [c for c in cases if c.label is not None]
-    splits = _split(labelled, val_fraction, test_fraction, seed)
+    splits = _split(labelled, val_fraction, test_fraction, seed, num_folds, fold)
     datalist: dict = {
         "layout": layout,
         "label_convention": convention,
         "channels": list(CHANNELS),
         "dataset_dir": str(root),
     }
+    if num_folds:
+        datalist.update(num_folds=num_folds, fold=fold, seed=seed)
     for split in SPLITS:
         datalist[split] = [_entry(c, root) for c in splits[split]]
     datalist["testing"] += [_entry(c, root) for c in cases if c.label is None]
@@ -486,11 +509,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val_fraction", type=float, default=0.2)
     parser.add_argument("--test_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_folds", type=int, default=0, help="cross-validation: number of folds (0: none)")
+    parser.add_argument("--fold", type=int, default=0, help="cross-validation: the fold that is tested")
     parser.add_argument("--no_verify", action="store_true", help="skip reading and checking every file")
     args = parser.parse_args(argv)
     try:
         datalist = build_datalist(
-            args.dataset_dir, args.val_fraction, args.test_fraction, args.seed, verify=not args.no_verify
+            args.dataset_dir,
+            args.val_fraction,
+            args.test_fraction,
+            args.seed,
+            verify=not args.no_verify,
+            num_folds=args.num_folds,
+            fold=args.fold,
         )
         output = write_datalist(datalist, args.output)
     except (ValueError, OSError) as error:
