@@ -1,4 +1,4 @@
-"""Tests of ``python -m refineformer3d.benchmark`` on tiny windows and volumes; the full run is not a test."""
+"""Tests of ``python -m refineformer3d.experiments.benchmark`` on tiny windows and volumes; the full run is no test."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import torch
 
-from refineformer3d.benchmark import (
+from refineformer3d.experiments.benchmark import (
     FP16_ON_CPU,
     ONNX_FP32,
     ONNX_INT8,
@@ -18,8 +18,8 @@ from refineformer3d.benchmark import (
     matmul_peak,
     train_steps,
 )
+from refineformer3d.experiments.summary import network_flops
 from refineformer3d.networks import create_model
-from refineformer3d.summary import network_flops
 
 # One thread: on this shared 2-core machine two threads wait on each other's barriers whenever others run
 TINY = ["--roi", "32", "32", "32", "--volume", "48", "32", "32", "--repeats", "2", "--volume_repeats", "1"]
@@ -118,7 +118,7 @@ def test_bad_arguments_are_one_line(args, message, capsys):
         main([*TINY, *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert message in error[-1] and error[-1].startswith("python -m refineformer3d.benchmark: error:")
+    assert message in error[-1] and error[-1].startswith("python -m refineformer3d.experiments.benchmark: error:")
 
 
 def test_matmul_peak_reports_the_best_size(one_thread):

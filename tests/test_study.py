@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from refineformer3d import study
+from refineformer3d.experiments import study
 from refineformer3d.networks import create_model
 
 
@@ -188,7 +188,7 @@ def test_jittered_training_data_keeps_the_split_and_the_plain_test_studies(tmp_p
 
 
 def test_the_efficiency_idea_arms_load():
-    arms = study.load_arms(study.REPO / "scripts" / "study_arms.json")
+    arms = study.load_arms(study.ARMS_FILE)
     assert [a.name for a in arms] == [
         "tiny_ghost_off",
         "tiny_lowrank_off",

@@ -1,11 +1,11 @@
-"""Tests of ``python -m refineformer3d.summary`` (parameters and FLOPs, nothing timed) on small inputs."""
+"""Tests of ``python -m refineformer3d.experiments.summary`` (parameters and FLOPs, nothing timed) on small inputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from refineformer3d.summary import (
+from refineformer3d.experiments.summary import (
     NOT_BY_DEFAULT,
     SummaryRow,
     count_flops,
@@ -76,7 +76,7 @@ def test_timing_options_point_at_the_benchmark(option, capsys):
     with pytest.raises(SystemExit):
         main(["--models", "refineformer3d_tiny", *option])
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
-    assert "python -m refineformer3d.benchmark" in line and option[0].split("=")[0] in line
+    assert "python -m refineformer3d.experiments.benchmark" in line and option[0].split("=")[0] in line
 
 
 def test_default_table_has_segformer2d_b0_and_b2_only():
