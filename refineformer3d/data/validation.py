@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from refineformer3d.data.errors import DatasetError, InputError
+from refineformer3d.data.modalities import file_stem
 from refineformer3d.io import file_lock, write_atomically
 from refineformer3d.labels import convention_values
 
@@ -61,11 +62,10 @@ def study_files(entry: Mapping) -> list[str]:
 
 
 def study_name(entry: Mapping) -> str:
-    """The entry's ``case``, or the name of its first file without the extension."""
+    """The entry's ``case``, or the name of its first file without the extension (:func:`file_stem`)."""
     if entry.get("case"):
         return str(entry["case"])
-    name = Path(study_files(entry)[0]).name
-    return next((name[: -len(s)] for s in _NIFTI_SUFFIXES if name.endswith(s)), name)
+    return file_stem(study_files(entry)[0])
 
 
 def display_path(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
