@@ -34,7 +34,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from refineformer3d.data.errors import DatasetError
+from refineformer3d.data.errors import DatasetError, InputError
 from refineformer3d.data.layouts import (
     LAYOUTS,
     UnknownLayoutError,
@@ -46,7 +46,7 @@ from refineformer3d.data.layouts import (
     read_study,
 )
 from refineformer3d.data.modalities import CHANNELS, file_stem, is_image_file, study_name
-from refineformer3d.data.validation import check_study
+from refineformer3d.data.validation import check_study, verify_entries
 from refineformer3d.data.validation import study_name as entry_study_name
 from refineformer3d.io import write_atomically
 from refineformer3d.labels import CONVENTIONS
@@ -61,6 +61,7 @@ __all__ = [
     "build_datalist",
     "write_datalist",
     "load_datalist",
+    "checked_datalist",
     "find_studies",
     "label_convention_of",
     "main",
@@ -324,6 +325,41 @@ def load_datalist(source: str | os.PathLike, split: str | None = None, **build_k
             if "label" in entry:
                 entry.setdefault("convention", datalist["label_convention"])
     return datalist if split is None else datalist[split]
+
+
+def checked_datalist(
+    source: str | os.PathLike,
+    splits: Sequence[str] = ("training", "validation", "testing"),
+    verify: bool = True,
+    pixdim: Sequence[float] | None = None,
+    **build_kwargs,
+) -> dict:
+    """:func:`load_datalist` for a bundle: any input error ends the run with one line.
+
+    Args:
+        source: a dataset folder or a datalist JSON.
+        splits: the splits whose studies are verified (read in full once, then cached; see :func:`verify_entries`);
+            all three by default, as the evaluation reads the labelled test cases.
+        verify: check the studies of ``splits``; False only resolves the datalist (files must exist).
+        pixdim: the voxel size the pipeline resamples to (see :func:`~refineformer3d.data.validation.check_study`).
+        build_kwargs: ``val_fraction``, ``test_fraction``, ``seed`` for a dataset folder.
+
+    Returns:
+        The datalist with absolute paths (see :func:`build_datalist`).
+
+    Raises:
+        InputError: for a missing source, a bad datalist, or any study that fails the checks.
+    """
+    try:
+        datalist = load_datalist(source, verify=False, **build_kwargs)
+    except DatasetError as error:
+        raise InputError.printed(str(error)) from None
+    if verify:
+        entries = [e for split in splits for e in datalist[split]]
+        verify_entries(
+            entries, datalist["dataset_dir"], datalist["label_convention"], pixdim, where=str(datalist["dataset_dir"])
+        )
+    return datalist
 
 
 def label_convention_of(entries: Sequence[Mapping], default: str = "brats") -> str:
