@@ -21,6 +21,7 @@ __all__ = [
     "DicomSegWriter",
     "SlicerSegmentationWriter",
     "output_extension",
+    "output_names",
     "output_writer",
     "study_name_formatter",
     "write_atomically",
@@ -286,3 +287,13 @@ def output_extension(output_format: str = "nifti") -> str:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output_format {output_format!r}; expected one of {sorted(OUTPUT_FORMATS)}")
     return OUTPUT_FORMATS[output_format]
+
+
+def output_names(output_format: str = "nifti", write_png: bool = False, write_report: bool = False) -> list[str]:
+    """The files inference writes per study, ``{study}`` standing for its name: the segmentation, then the PNG and
+    the JSON report when asked (see :class:`~refineformer3d.reports.StudyReportSaver`)."""
+    return (
+        [f"{{study}}_seg{output_extension(output_format)}"]
+        + (["{study}_seg.png"] if write_png else [])
+        + (["{study}_report.json"] if write_report else [])
+    )

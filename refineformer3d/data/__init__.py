@@ -42,6 +42,7 @@ _EXPORTS = {
     "RandDropSequenced": "transforms",
     "RandThickSlicesd": "transforms",
     "RelabelSmallEnhancingd": "transforms",
+    "with_augmentations": "transforms",
 }
 __all__ = list(_EXPORTS)
 
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         RandDropSequenced,
         RandThickSlicesd,
         RelabelSmallEnhancingd,
+        with_augmentations,
     )
     from .validation import check_study, verify_entries  # noqa: F401
 
