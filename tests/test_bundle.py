@@ -115,6 +115,22 @@ def test_resume_continues_from_saved_epoch(tmp_path, tiny_brats):
     assert epochs_run == [2], "a resumed run must start after the saved epoch, not from scratch"
 
 
+def test_evaluate_writes_segmentations_as_inference_does():
+    """evaluate.json repeats inference.json's write chain (see its _desc_): the same transforms and settings, on a
+    copy of the output, without the lesion post-processing; only where they read from and write to differ."""
+    evaluate = json.loads(Path(EVALUATE).read_text())["eval_write_transforms"]
+    inference = json.loads(Path(INFERENCE).read_text())["postprocessing"]["transforms"]
+    assert evaluate[0] | {"_desc_": None} == {"_target_": "CopyItemsd", "keys": "pred", "names": "seg", "_desc_": None}
+    chain = [t for t in inference if t["_target_"] != "Compose"]  # the lesion post-processing: inference's alone
+    assert [t["_target_"] for t in evaluate[1:]] == [t["_target_"] for t in chain]
+    where = {"keys", "transform", "output_dir", "writer", "output_ext", "savepath_in_metadict", "print_log", "_desc_"}
+    for written, inferred in zip(evaluate[1:], chain, strict=True):
+        assert written["keys"] == "seg" and inferred["keys"] == "pred"
+        settings = [{k: v for k, v in t.items() if k not in where} for t in (written, inferred)]
+        assert settings[0] == settings[1], written["_target_"]
+    assert evaluate[2]["transform"] == "@validate#preprocessing" and chain[1]["transform"] == "@preprocessing"
+
+
 def test_evaluate_writes_per_case_and_summary_csv(trained, tiny_brats):
     root, _ = trained
     wf = _workflow([TRAIN, EVALUATE], root, tiny_brats)
