@@ -14,8 +14,8 @@ from refineformer3d.experiments.benchmark import (
     ONNX_INT8,
     PYTORCH,
     accelerator_rows,
-    main,
     matmul_peak,
+    run,
     train_steps,
 )
 from refineformer3d.experiments.summary import network_flops
@@ -38,7 +38,7 @@ def one_thread():
 def report(tmp_path_factory):
     output = tmp_path_factory.mktemp("benchmark")
     args = [*TINY, "--models", "refineformer3d_tiny", "segformer3d", "--onnx", "refineformer3d_tiny"]
-    return main([*args, "--output", str(output)]), output
+    return run([*args, "--output", str(output)]), output
 
 
 def test_rows_measure_every_runtime(report):
@@ -115,7 +115,7 @@ def test_markdown_and_json_written(report, capsys):
 )
 def test_bad_arguments_are_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([*TINY, *args])
+        run([*TINY, *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert message in error[-1] and error[-1].startswith("python -m refineformer3d.experiments.benchmark: error:")

@@ -40,6 +40,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -71,6 +72,7 @@ __all__ = [
     "benchmark",
     "format_markdown",
     "main",
+    "run",
 ]
 
 # Each child re-imports the main module by name (multiprocessing's "prepare"); under ``python -m`` the server's
@@ -798,8 +800,8 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point: measures, prints the Markdown, writes ``--output``'s files; returns the report."""
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command line's work: measures, prints the Markdown, writes ``--output``'s files; returns the report."""
     parser = argparse.ArgumentParser(
         prog="python -m refineformer3d.experiments.benchmark", description=__doc__.split("\n\n")[0]
     )
@@ -870,8 +872,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``refineformer3d-benchmark``); returns the exit status."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
     # through the module's own name, so the children unpickle this module's functions, not __main__'s
     from refineformer3d.experiments.benchmark import main as _main
 
-    _main()
+    sys.exit(_main())

@@ -1,4 +1,4 @@
-"""Measurements behind bundle/docs/README.md, "Efficiency ideas, measured".
+"""Measure the efficiency ideas of the model card's "Efficiency ideas, measured": one part per idea.
 
 Speed is compared A/B inside one process: the arms of a comparison run in turn, round after round, and the median of
 each arm's forwards is divided by the baseline's, so load that other processes put on the machine hits every arm.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -422,8 +423,16 @@ def tumour_windows(studies: int, margins: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``refineformer3d-efficiency-ideas``); prints the part's table, returns the exit
+    status."""
+    description, _, usage = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.experiments.efficiency_ideas",
+        description=description,
+        epilog=usage,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="part", required=True)
     net = sub.add_parser("networks")
     net.add_argument("--models", nargs="+", default=["refineformer3d_tiny", "refineformer3d_small"])
@@ -479,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(tumour_windows(args.studies, args.margins))
     else:
         print(int8(args.onnx, args.studies, args.rounds, args.threads))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ __all__ = [
     "summary_rows",
     "format_table",
     "main",
+    "run",
 ]
 
 
@@ -317,8 +319,8 @@ def format_table(rows: Sequence[SummaryRow], markdown: bool = True) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    """Command-line entry point; prints and returns the table."""
+def run(argv: Sequence[str] | None = None) -> str:
+    """The command line's work: prints and returns the table."""
     parser = argparse.ArgumentParser(
         prog="python -m refineformer3d.experiments.summary", description=__doc__.split("\n\n")[0]
     )
@@ -385,5 +387,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     return text
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``refineformer3d-summary``); returns the exit status."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
