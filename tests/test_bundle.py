@@ -423,10 +423,9 @@ def test_inference_windows_per_batch_follow_the_device(device, windows):
     assert parser.get_parsed_content("inferer").sw_batch_size == windows
 
 
-def test_shipped_regions_weights_load_into_the_inference_network():
+def test_shipped_regions_weights_load_into_the_inference_network(shipped_regions_weights):
     """bundle/models/model_regions.pt (TC/WT/ET sigmoid channels, float16 storage) fits inference.json's network."""
-    path = REPO / "bundle" / "models" / "model_regions.pt"
-    state = torch.load(path, weights_only=True)
+    state = torch.load(shipped_regions_weights, weights_only=True)
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     parser = ConfigParser()
     parser.read_config(INFERENCE)
