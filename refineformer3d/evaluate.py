@@ -74,6 +74,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from refineformer3d.data.modalities import file_stem
 from refineformer3d.io import write_atomically
 from refineformer3d.labels import CONVENTIONS, REGION_NAMES, REGIONS, SCHEMES, region_labels, to_convention
 
@@ -110,13 +111,14 @@ _EMPTY_RULE = {
     "lesionwise_dsc_mean": 1.0,
     "lesionwise_hd95_mean": 0.0,
 }
-_SUFFIX = re.compile(r"([_-]seg)?\.nii(\.gz)?$", re.IGNORECASE)
+_SUFFIX = re.compile(r"([_-]seg)?\.nii(\.gz)?$", re.IGNORECASE)  # a label file's name ends so
+_SEG = re.compile(r"[_-]seg$", re.IGNORECASE)
 _NOT_AVAILABLE = "n/a"
 
 
 def case_name(path: str | Path) -> str:
-    """The study a label file belongs to: its name without ``.nii[.gz]`` and a trailing ``_seg`` / ``-seg``."""
-    return _SUFFIX.sub("", Path(path).name)
+    """The study a label file belongs to: its name without the extension and a trailing ``_seg`` / ``-seg``."""
+    return _SEG.sub("", file_stem(path))
 
 
 def official_label_map(scheme: str, convention: str) -> dict[int, int]:

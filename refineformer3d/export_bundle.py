@@ -85,7 +85,10 @@ def export_bundle(output_dir: str | Path, bundle_dir: str | Path = DEFAULT_BUNDL
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refineformer3d.export_bundle", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.export_bundle",
+        description="Write the self-contained bundle folder and zip that the model zoo's CI and MONAI Label load.",
+    )
     parser.add_argument("output_dir", type=Path, help=f"where {BUNDLE_NAME}/ and {BUNDLE_NAME}.zip are written")
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="source bundle (default: %(default)s)")
     parser.add_argument("--no-zip", action="store_true", help="write the folder only")

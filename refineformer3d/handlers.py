@@ -33,6 +33,7 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "StudyBatch",
     "WeightsOnlyCheckpointLoader",
+    "checkpoint_objects",
 ]
 
 logger = logging.getLogger(__name__)
@@ -348,6 +349,45 @@ def _numpy_state(state: tuple) -> dict:
 def _from_numpy_state(state: Mapping) -> tuple:
     keys = state["keys"].numpy().astype(np.uint32)
     return (state["name"], keys, state["pos"], state["gauss"][0], state["gauss"][1])
+
+
+def checkpoint_objects(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    trainer: Engine,
+    preprocessing,
+    evaluator: Engine,
+    val_handlers: Sequence | None = None,
+) -> dict:
+    """Everything a training checkpoint holds, so that a resumed run goes on as the first would have.
+
+    ``train.json`` saves and loads this one dict (``train#checkpoint_saver`` and ``train#checkpoint_loader``).
+
+    Args:
+        network: the network being trained.
+        optimizer: its optimizer.
+        lr_scheduler: the learning-rate schedule.
+        trainer: the training engine (epoch and iteration); its ``scaler`` too when it has one (AMP in float16).
+        preprocessing: the training transforms, whose random states are saved (:class:`RandomStates`).
+        evaluator: the validation evaluator, whose best metric is saved (:class:`BestMetricState`).
+        val_handlers: the evaluator's handlers, among them the saver of the best model.
+
+    Returns:
+        ``{"model", "optimizer", "lr_scheduler", "trainer", "random_states", "best_metric"[, "scaler"]}``.
+    """
+    objects = {
+        "model": network,
+        "optimizer": optimizer,
+        "lr_scheduler": lr_scheduler,
+        "trainer": trainer,
+        "random_states": RandomStates(preprocessing),
+        "best_metric": BestMetricState(evaluator, val_handlers),
+    }
+    # a GradScaler exists only under AMP with float16; without one there is nothing to save or load
+    if getattr(trainer, "scaler", None) is not None:
+        objects["scaler"] = trainer.scaler
+    return objects
 
 
 class StopOnNonFiniteLoss:

@@ -245,7 +245,10 @@ def benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refineformer3d.onnx", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.onnx",
+        description="Quantise an exported ONNX network to INT8, or time its sliding window against PyTorch's.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     q = commands.add_parser("quantize", help="write an INT8 model")
     q.add_argument("model", help="exported fp32 .onnx")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 from monai.data import ImageWriter, ITKWriter, NibabelWriter
 from monai.utils import ImageMetaKey
 
-from refineformer3d.data.modalities import is_dicom_series, series_files
+from refineformer3d.data.modalities import file_stem, is_dicom_series, series_files
 from refineformer3d.io import write_atomically
 from refineformer3d.labels import label_colours, label_names
 
@@ -22,6 +21,7 @@ __all__ = [
     "DicomSegWriter",
     "SlicerSegmentationWriter",
     "output_extension",
+    "output_names",
     "output_writer",
     "study_name_formatter",
     "write_atomically",
@@ -35,14 +35,6 @@ OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".seg.nrrd", "dicom-seg": ".dcm"}
 # The modality suffix of the first (FLAIR) file of a study, in every layout the datalist builder knows:
 # BraTS 2017-2021 ``<case>_flair``, BraTS 2023+ ``<case>-t2f``, nnU-Net style ``<case>_0000``.
 _MODALITY_SUFFIX = re.compile(r"([_-](flair|t2f|t1n|t1c|t2w|t1ce|t1|t2|0000))$", re.IGNORECASE)
-
-
-def _stem(path: str) -> str:
-    name = os.path.basename(str(path))
-    for ext in (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
 
 
 def study_name_formatter(metadict: dict, saver) -> dict:
@@ -69,7 +61,7 @@ def study_name_formatter(metadict: dict, saver) -> dict:
     source = metadict.get(ImageMetaKey.FILENAME_OR_OBJ, "") if metadict else ""
     if isinstance(source, (list, tuple)):
         source = source[0] if source else ""
-    subject = _MODALITY_SUFFIX.sub("", _stem(source)) or "study"
+    subject = _MODALITY_SUFFIX.sub("", file_stem(source)) or "study"
     return {"subject": subject, "idx": metadict.get(ImageMetaKey.PATCH_INDEX) if metadict else None}
 
 
@@ -295,3 +287,13 @@ def output_extension(output_format: str = "nifti") -> str:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output_format {output_format!r}; expected one of {sorted(OUTPUT_FORMATS)}")
     return OUTPUT_FORMATS[output_format]
+
+
+def output_names(output_format: str = "nifti", write_png: bool = False, write_report: bool = False) -> list[str]:
+    """The files inference writes per study, ``{study}`` standing for its name: the segmentation, then the PNG and
+    the JSON report when asked (see :class:`~refineformer3d.reports.StudyReportSaver`)."""
+    return (
+        [f"{{study}}_seg{output_extension(output_format)}"]
+        + (["{study}_seg.png"] if write_png else [])
+        + (["{study}_report.json"] if write_report else [])
+    )

@@ -12,9 +12,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 SHIPPED_WEIGHTS = REPO / "bundle" / "models" / "model.pt"
+SHIPPED_REGIONS_WEIGHTS = REPO / "bundle" / "models" / "model_regions.pt"
 # sha256 of the shipped weights (RefineFormer3D small, synthetic studies, bundle docs). Training without --ckpt_dir
-# overwrites the file; the tests whose thresholds were measured on these weights then skip instead of failing.
-SHIPPED_SHA256 = "1176bfa33c396cfe99907ba95faafe1a498868abfb4b1bd72f4a98f4f4d7318a"
+# overwrites model.pt (and the card's regions recipe model_regions.pt); the tests whose thresholds were measured on
+# these weights then skip instead of failing.
+SHIPPED_SHA256 = {
+    SHIPPED_WEIGHTS: "1176bfa33c396cfe99907ba95faafe1a498868abfb4b1bd72f4a98f4f4d7318a",
+    SHIPPED_REGIONS_WEIGHTS: "c78d66ec7f4ee28e5ee29cb35fecb1830b779fffb48c4cb6659884f5d7f62358",
+}
 # The keys the zoo's metadata schema (meta_schema_20240725.json, downloaded by ci/verify_bundle.py) requires.
 REQUIRED_METADATA = (
     "version",
@@ -39,16 +44,26 @@ def tiny_brats(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("brats"), cases=8, validation_cases=2, seed=0, shape=(64, 64, 48))
 
 
+def _shipped(path: Path) -> Path:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    if digest != SHIPPED_SHA256[path]:
+        pytest.skip(
+            f"{path} is not the shipped file (sha256 {digest[:12]}): training replaced it; "
+            f"`git checkout {path.relative_to(REPO).as_posix()}` restores it"
+        )
+    return path
+
+
 @pytest.fixture(scope="session")
 def shipped_weights() -> Path:
     """``bundle/models/model.pt`` if it is the shipped file; skips, saying so, if training replaced it."""
-    digest = hashlib.sha256(SHIPPED_WEIGHTS.read_bytes()).hexdigest() if SHIPPED_WEIGHTS.is_file() else "missing"
-    if digest != SHIPPED_SHA256:
-        pytest.skip(
-            f"{SHIPPED_WEIGHTS} is not the shipped file (sha256 {digest[:12]}): training replaced it; "
-            "`git checkout bundle/models/model.pt` restores it"
-        )
-    return SHIPPED_WEIGHTS
+    return _shipped(SHIPPED_WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def shipped_regions_weights() -> Path:
+    """``bundle/models/model_regions.pt`` (the regions scheme) if it is the shipped file; else skips, as above."""
+    return _shipped(SHIPPED_REGIONS_WEIGHTS)
 
 
 def run_checked(command: list[str], **kwargs) -> subprocess.CompletedProcess:

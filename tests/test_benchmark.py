@@ -1,4 +1,4 @@
-"""Tests of ``python -m refineformer3d.benchmark`` on tiny windows and volumes; the full run is not a test."""
+"""Tests of ``python -m refineformer3d.experiments.benchmark`` on tiny windows and volumes; the full run is no test."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from functools import partial
 import pytest
 import torch
 
-from refineformer3d.benchmark import (
+from refineformer3d.experiments.benchmark import (
     FP16_ON_CPU,
     ONNX_FP32,
     ONNX_INT8,
     PYTORCH,
     accelerator_rows,
-    main,
     matmul_peak,
+    run,
     train_steps,
 )
+from refineformer3d.experiments.summary import network_flops
 from refineformer3d.networks import create_model
-from refineformer3d.summary import network_flops
 
 # One thread: on this shared 2-core machine two threads wait on each other's barriers whenever others run
 TINY = ["--roi", "32", "32", "32", "--volume", "48", "32", "32", "--repeats", "2", "--volume_repeats", "1"]
@@ -38,7 +38,7 @@ def one_thread():
 def report(tmp_path_factory):
     output = tmp_path_factory.mktemp("benchmark")
     args = [*TINY, "--models", "refineformer3d_tiny", "segformer3d", "--onnx", "refineformer3d_tiny"]
-    return main([*args, "--output", str(output)]), output
+    return run([*args, "--output", str(output)]), output
 
 
 def test_rows_measure_every_runtime(report):
@@ -115,10 +115,10 @@ def test_markdown_and_json_written(report, capsys):
 )
 def test_bad_arguments_are_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([*TINY, *args])
+        run([*TINY, *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert message in error[-1] and error[-1].startswith("python -m refineformer3d.benchmark: error:")
+    assert message in error[-1] and error[-1].startswith("python -m refineformer3d.experiments.benchmark: error:")
 
 
 def test_matmul_peak_reports_the_best_size(one_thread):

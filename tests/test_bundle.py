@@ -166,6 +166,22 @@ def test_persistent_cache_keeps_each_pipeline_apart(tmp_path, tiny_brats):
     assert len(list(cache.iterdir())) == 2 * len(train) + len(validate)
 
 
+def test_evaluate_writes_segmentations_as_inference_does():
+    """evaluate.json repeats inference.json's write chain (see its _desc_): the same transforms and settings, on a
+    copy of the output, without the lesion post-processing; only where they read from and write to differ."""
+    evaluate = json.loads(Path(EVALUATE).read_text())["eval_write_transforms"]
+    inference = json.loads(Path(INFERENCE).read_text())["postprocessing"]["transforms"]
+    assert evaluate[0] | {"_desc_": None} == {"_target_": "CopyItemsd", "keys": "pred", "names": "seg", "_desc_": None}
+    chain = [t for t in inference if t["_target_"] != "Compose"]  # the lesion post-processing: inference's alone
+    assert [t["_target_"] for t in evaluate[1:]] == [t["_target_"] for t in chain]
+    where = {"keys", "transform", "output_dir", "writer", "output_ext", "savepath_in_metadict", "print_log", "_desc_"}
+    for written, inferred in zip(evaluate[1:], chain, strict=True):
+        assert written["keys"] == "seg" and inferred["keys"] == "pred"
+        settings = [{k: v for k, v in t.items() if k not in where} for t in (written, inferred)]
+        assert settings[0] == settings[1], written["_target_"]
+    assert evaluate[2]["transform"] == "@validate#preprocessing" and chain[1]["transform"] == "@preprocessing"
+
+
 def test_evaluate_writes_per_case_and_summary_csv(trained, tiny_brats):
     root, _ = trained
     wf = _workflow([TRAIN, EVALUATE], root, tiny_brats)
@@ -458,10 +474,9 @@ def test_inference_windows_per_batch_follow_the_device(device, windows):
     assert parser.get_parsed_content("inferer").sw_batch_size == windows
 
 
-def test_shipped_regions_weights_load_into_the_inference_network():
+def test_shipped_regions_weights_load_into_the_inference_network(shipped_regions_weights):
     """bundle/models/model_regions.pt (TC/WT/ET sigmoid channels, float16 storage) fits inference.json's network."""
-    path = REPO / "bundle" / "models" / "model_regions.pt"
-    state = torch.load(path, weights_only=True)
+    state = torch.load(shipped_regions_weights, weights_only=True)
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     parser = ConfigParser()
     parser.read_config(INFERENCE)

@@ -191,6 +191,13 @@ def test_augment_overlay_bias_field_strength_is_a_config_key(tiny_brats):
     parser["bias_field_prob"], parser["bias_field_coeff_range"] = 0.7, "$(0.0, 0.3)"
     fields = [t for t in parser.get_parsed_content("train#preprocessing").transforms if hasattr(t, "rand_bias_field")]
     assert len(fields) == 4 and all(t.prob == 0.7 and t.rand_bias_field.coeff_range == (0.0, 0.3) for t in fields)
+    # without a field, the deterministic part is validation's, normalisation included: one cache file serves both
+    parser = _parser(tiny_brats, "augment.json")
+    parser["bias_field_prob"] = 0.0
+    transforms = parser.get_parsed_content("train#preprocessing").transforms
+    deterministic = parser.get_parsed_content("validate#preprocessing").transforms
+    assert [type(t) for t in transforms[: len(deterministic)]] == [type(t) for t in deterministic]
+    assert type(transforms[len(deterministic)]).__name__ == "RandCropByPosNegLabeld"
 
 
 def test_training_smooths_some_crops_so_resampled_studies_do_not_look_like_tumour(tiny_brats):

@@ -8,7 +8,7 @@ from conftest import CONFIGS, bundle_workflow
 from monai.losses import DiceCELoss
 
 from refineformer3d.data.errors import InputError
-from refineformer3d.distillation import DistillationLoss, TeacherPrepareBatch, frozen_teacher
+from refineformer3d.experiments.distillation import DistillationLoss, TeacherPrepareBatch, frozen_teacher
 from refineformer3d.networks import create_model
 
 

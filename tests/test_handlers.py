@@ -24,6 +24,7 @@ from refineformer3d.handlers import (
     RandomStates,
     StopOnNonFiniteLoss,
     WeightsOnlyCheckpointLoader,
+    checkpoint_objects,
 )
 
 
@@ -116,6 +117,20 @@ def test_under_amp_a_grad_scaler_skips_non_finite_steps_up_to_a_limit():
     StopOnNonFiniteLoss(max_skipped=0).attach(trainer)
     with pytest.raises(FloatingPointError, match="iteration 2"):
         Workflow.run(trainer)
+
+
+def test_checkpoint_objects_hold_the_grad_scaler_only_when_amp_has_one():
+    """train.json's checkpoint: the training state, random states and best metric; a scaler only under AMP."""
+    for scaler in (None, torch.amp.GradScaler("cpu")):
+        trainer, network = _trainer([], amp=scaler is not None, scaler=scaler)
+        evaluator = Engine(lambda e, b: None)
+        schedule = torch.optim.lr_scheduler.StepLR(trainer.optimizer, 1)
+        objects = checkpoint_objects(network, trainer.optimizer, schedule, trainer, Compose([]), evaluator, [])
+        keys = ["model", "optimizer", "lr_scheduler", "trainer", "random_states", "best_metric"]
+        assert list(objects) == keys + (["scaler"] if scaler is not None else [])
+        assert objects["model"] is network and objects["trainer"] is trainer
+        assert isinstance(objects["random_states"], RandomStates)
+        assert isinstance(objects["best_metric"], BestMetricState)
 
 
 def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):

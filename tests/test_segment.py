@@ -183,10 +183,10 @@ def _on_grid(image: np.ndarray, affine: np.ndarray, target: np.ndarray, mode: st
     return resampled[0].numpy()
 
 
-def _segment_with_t1ce_stored(case, tmp_path, t1ce: dict) -> dict[str, float]:
+def _segment_with_t1ce_stored(case, tmp_path, t1ce: dict, model: Path) -> dict[str, float]:
     """Segments the case in plain names with its T1ce stored as each of ``t1ce`` (name -> (volume, affine, truth on
-    that grid, or None)), and in RAS; checks each segmentation lies on its T1ce's grid; returns whole-tumour Dice
-    against the truth per study."""
+    that grid, or None)), and in RAS, with the weights ``model``; checks each segmentation lies on its T1ce's grid;
+    returns whole-tumour Dice against the truth per study."""
     root = tmp_path / "studies"
     named(root / "ras", PLAIN, case.images, case.affine)
     truths = {"ras": case.label > 0}
@@ -195,7 +195,7 @@ def _segment_with_t1ce_stored(case, tmp_path, t1ce: dict) -> dict[str, float]:
         save_nifti(root / name / "t1ce.nii.gz", volume, grid)
         truths[name] = truth
     out = tmp_path / "out"
-    assert main(["-i", str(root), "-o", str(out), "--device", "cpu"]) == 0
+    assert main(["-i", str(root), "-o", str(out), "--device", "cpu", "--model", str(model)]) == 0
     dice = {}
     for name, truth in truths.items():
         seg, reference = nib.load(out / f"{name}_seg.nii.gz"), nib.load(root / name / "t1ce.nii.gz")
@@ -206,7 +206,7 @@ def _segment_with_t1ce_stored(case, tmp_path, t1ce: dict) -> dict[str, float]:
     return dice
 
 
-def test_t1ce_stored_with_permuted_axes_or_oblique_is_the_output_grid(small_case, tmp_path):
+def test_t1ce_stored_with_permuted_axes_or_oblique_is_the_output_grid(small_case, tmp_path, shipped_weights):
     """A sagittal (PIR) T1ce beside axial RAS scans: the others are reoriented onto its voxels exactly, so the
     segmentation is the RAS study's, stored on the T1ce's grid. An oblique T1ce (10 degrees about Z) is the output
     grid too; its Dice is not compared, as every modality is interpolated onto it (see the slow test)."""
@@ -220,7 +220,7 @@ def test_t1ce_stored_with_permuted_axes_or_oblique_is_the_output_grid(small_case
     }
     oblique = rigidly_moved(images[2], affine, 10.0, (0.0, 0.0, 0.0))
     t1ce["oblique"] = (_on_grid(images[2], affine, oblique, "bilinear"), oblique, None)
-    dice = _segment_with_t1ce_stored(small_case, tmp_path, t1ce)
+    dice = _segment_with_t1ce_stored(small_case, tmp_path, t1ce, shipped_weights)
     assert dice["ras"] > 0.2  # the shipped model on a small study
     assert dice["pir"] == pytest.approx(dice["ras"], abs=1e-6), dice
 
@@ -233,7 +233,7 @@ def _dice(seg: np.ndarray, truth: np.ndarray) -> float:
 
 
 @pytest.mark.slow  # about 2.5 minutes: 11 studies of 128x128x96 and a registration
-def test_every_layout_segments_onto_the_t1ce_grid_as_well_as_brats_layout(tmp_path):
+def test_every_layout_segments_onto_the_t1ce_grid_as_well_as_brats_layout(tmp_path, shipped_weights):
     case = make_case(seed=3, index=1, shape=(128, 128, 96))
     images, affine = case.images, case.affine
     root = tmp_path / "studies"
@@ -261,7 +261,7 @@ def test_every_layout_segments_onto_the_t1ce_grid_as_well_as_brats_layout(tmp_pa
         "oblique": _on_grid(truth.astype(np.float32), affine, grids["oblique"], "nearest") > 0,
     }
     out = tmp_path / "out"
-    assert main(["-i", str(root), "-o", str(out), "--device", "cpu"]) == 0
+    assert main(["-i", str(root), "-o", str(out), "--device", "cpu", "--model", str(shipped_weights)]) == 0
     dice = {}
     for path in out.glob("*_seg.nii.gz"):
         name = path.name.removesuffix("_seg.nii.gz")
@@ -282,7 +282,7 @@ def test_every_layout_segments_onto_the_t1ce_grid_as_well_as_brats_layout(tmp_pa
     moved = tmp_path / "moved" / "mystudy"
     shutil.copytree(root / "mystudy", moved)
     save_nifti(moved / "t2.nii.gz", images[3], rigidly_moved(images[3], affine, 4.0, (3.0, -3.0, 2.0)))
-    assert main(["-i", str(moved), "-o", str(tmp_path / "reg"), "--coregister"]) == 0
+    assert main(["-i", str(moved), "-o", str(tmp_path / "reg"), "--coregister", "--model", str(shipped_weights)]) == 0
     registered = np.asanyarray(nib.load(tmp_path / "reg" / "mystudy_seg.nii.gz").dataobj) > 0
     assert _dice(registered, truth) >= 0.9 * reference
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from refineformer3d import study
-from refineformer3d.networks import create_model
+from refineformer3d.experiments import study
+from refineformer3d.networks import create_model, list_models
 
 
 def test_default_arms_cover_the_compared_networks():
@@ -188,12 +188,38 @@ def test_jittered_training_data_keeps_the_split_and_the_plain_test_studies(tmp_p
 
 
 def test_the_efficiency_idea_arms_load():
-    arms = study.load_arms(study.REPO / "scripts" / "study_arms.json")
-    assert [a.name for a in arms] == [
-        "tiny_ghost_off",
-        "tiny_lowrank_off",
-        "tiny_fourier1",
-        "tiny_distilled",
+    raw = json.loads(study.ARMS_FILE.read_text())
+    arms = study.load_arms(study.ARMS_FILE)
+    # the schema, whatever the arms: every field given, unique folder-safe names apart from the default arms',
+    # a description, a registered network, overlays from bundle/configs, and overrides of keys those configs define
+    assert arms and all(set(item) == {"name", "overrides", "configs", "description"} for item in raw)
+    names = [a.name for a in arms]
+    assert len(set(names)) == len(names) and not set(names) & {a.name for a in study.DEFAULT_ARMS}
+    train = json.loads((study.CONFIGS / "train.json").read_text())
+    for arm in arms:
+        assert isinstance(arm.description, str) and arm.description, arm.name
+        assert arm.overrides["network_def#_target_"] == "refineformer3d.networks.create_model", arm.name
+        assert arm.overrides["network_def#name"] in list_models(), arm.name
+        assert all(c.startswith("bundle/configs/") for c in arm.configs), arm.name
+        defined = set(train).union(*(json.loads((study.REPO / c).read_text()) for c in arm.configs))
+        unknown = [key for key in arm.overrides if key.split("#")[0] not in defined]
+        assert not unknown, f"{arm.name} overrides keys no config of it defines: {unknown}"
+    assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
+    by_name = {arm.name: arm for arm in arms}
+    assert by_name["tiny_stem16"].overrides["network_def#refine_channels"] == [16, 16]
+    # train.json's trainer already wraps its loss in DeepSupervisionLoss: the network's switch is the whole arm
+    for name in ("tiny_deep_supervision", "small_deep_supervision"):
+        assert by_name[name].overrides["network_def#deep_supervision"] is True and not by_name[name].configs
+    (thick,) = by_name["small_acquisition"].overrides["augment_transforms"]
+    assert thick["_target_"] == "refineformer3d.data.RandThickSlicesd"
+    assert "bias_field_prob" not in by_name["small_acquisition"].overrides
+    assert by_name["small_acquisition_strong"].overrides["bias_field_prob"] == 1.0
+    assert by_name["tiny_lowrank_off"].overrides["network_def#ffn_rank_ratio"] is None
+    bias_field = by_name["small_bias_field"].overrides
+    rendered = study.render_overrides(bias_field)
+    assert bias_field["augment_transforms"] == [] and rendered[rendered.index("--augment_transforms") + 1] == "[]"
+    # the arms measured with MONAI's positive-only coefficients say so, since augment.json's default is signed
+    augmented = (
         "small_bias_field",
         "small_acquisition",
         "small_acquisition_strong",
@@ -203,40 +229,8 @@ def test_the_efficiency_idea_arms_load():
         "small_bias_field_signed_wide",
         "small_drop_sequence",
         "small_drop_sequences",
-        "tiny_stem16",
-        "tiny_deep_supervision",
-        "small_deep_supervision",
-        "small_bias_correction",
-        "tiny_bias_correction",
-        "tiny_coarse_small",
-        "tiny_coarse_mid",
-        "tiny_decoder_wide",
-        "tiny_stage1_small",
-        "tiny_stages12_small",
-        "tiny_lr1e-3",
-        "tiny_lr2e-3",
-        "small_lr1e-3",
-        "small_lr2e-3",
-        "segformer3d_lr2e-3",
-        "tiny_lr4e-3",
-        "small_lr4e-3",
-    ]
-    assert all((study.REPO / c).is_file() for arm in arms for c in arm.configs)
-    by_name = {arm.name: arm for arm in arms}
-    assert by_name["tiny_stem16"].overrides["network_def#refine_channels"] == [16, 16]
-    # train.json's trainer already wraps its loss in DeepSupervisionLoss: the network's switch is the whole arm
-    for name in ("tiny_deep_supervision", "small_deep_supervision"):
-        assert by_name[name].overrides["network_def#deep_supervision"] is True and not by_name[name].configs
-    (thick,) = arms[5].overrides["augment_transforms"]
-    assert thick["_target_"] == "refineformer3d.data.RandThickSlicesd" and "bias_field_prob" not in arms[5].overrides
-    assert arms[6].overrides["bias_field_prob"] == 1.0
-    assert arms[1].overrides["network_def#ffn_rank_ratio"] is None
-    rendered = study.render_overrides(arms[4].overrides)
-    assert (
-        arms[4].overrides["augment_transforms"] == [] and rendered[rendered.index("--augment_transforms") + 1] == "[]"
     )
-    # the arms measured with MONAI's positive-only coefficients say so, since augment.json's default is signed
-    assert [a.overrides.get("bias_field_coeff_range") for a in arms[4:13]] == [
+    assert [by_name[name].overrides.get("bias_field_coeff_range") for name in augmented] == [
         "$(0.0, 0.2)",
         "$(0.0, 0.2)",
         "$(0.0, 0.3)",

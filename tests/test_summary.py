@@ -1,18 +1,18 @@
-"""Tests of ``python -m refineformer3d.summary`` (parameters and FLOPs, nothing timed) on small inputs."""
+"""Tests of ``python -m refineformer3d.experiments.summary`` (parameters and FLOPs, nothing timed) on small inputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from refineformer3d.summary import (
+from refineformer3d.experiments.summary import (
     NOT_BY_DEFAULT,
     SummaryRow,
     count_flops,
     count_windows,
     default_models,
     format_table,
-    main,
+    run,
     summary_rows,
 )
 
@@ -65,7 +65,7 @@ def test_format_table_markdown_and_plain():
 
 
 def test_command_line(capsys):
-    text = main(["--roi", *map(str, ROI), "--markdown", "--models", "refineformer3d_tiny"])
+    text = run(["--roi", *map(str, ROI), "--markdown", "--models", "refineformer3d_tiny"])
     printed = capsys.readouterr().out
     assert "| refineformer3d_tiny |" in printed and printed.strip() == text.strip()
     assert "FlopCounterMode" in printed and "1x4x32x32x32" in printed
@@ -74,9 +74,9 @@ def test_command_line(capsys):
 @pytest.mark.parametrize("option", [["--repeats", "3"], ["--no-time"], ["--threads=2"]])
 def test_timing_options_point_at_the_benchmark(option, capsys):
     with pytest.raises(SystemExit):
-        main(["--models", "refineformer3d_tiny", *option])
+        run(["--models", "refineformer3d_tiny", *option])
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
-    assert "python -m refineformer3d.benchmark" in line and option[0].split("=")[0] in line
+    assert "python -m refineformer3d.experiments.benchmark" in line and option[0].split("=")[0] in line
 
 
 def test_default_table_has_segformer2d_b0_and_b2_only():
@@ -91,7 +91,7 @@ def test_windows_per_brats_study():
 
 
 def test_flops_per_study_are_flops_per_window_times_windows(capsys):
-    text = main(
+    text = run(
         ["--roi", "32", "32", "4", "--overlap", "0.5", "0.5", "0", "--volume", "48", "32", "4"]
         + ["--markdown", "--models", "segformer2d_b0"]
     )

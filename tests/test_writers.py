@@ -11,7 +11,7 @@ import torch
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import SaveImage
 
-from refineformer3d.writers import AtomicNibabelWriter, study_name_formatter
+from refineformer3d.writers import AtomicNibabelWriter, output_names, study_name_formatter
 
 
 def _save(output_dir, source):
@@ -45,6 +45,17 @@ def test_outputs_are_named_after_the_study(tmp_path, name, expected):
     assert written.exists() and nib.load(written).shape == (4, 5, 6)
     assert oct(os.stat(written).st_mode & 0o777) == oct(0o666 & ~_umask())
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == [written.name]
+
+
+def test_output_names_follow_the_format_and_the_extras_asked_for():
+    assert output_names() == ["{study}_seg.nii.gz"]
+    assert output_names("nrrd", write_png=True, write_report=True) == [
+        "{study}_seg.seg.nrrd",
+        "{study}_seg.png",
+        "{study}_report.json",
+    ]
+    with pytest.raises(ValueError, match="unknown output_format"):
+        output_names("png")
 
 
 def _umask() -> int:

@@ -30,7 +30,7 @@ _EXPORTS = {
     "InputError": "errors",
     "write_studies": "studies",
     "check_study": "validation",
-    "checked_datalist": "validation",
+    "checked_datalist": "datalist",
     "verify_entries": "validation",
     "ensure_dataset": "synthetic",
     "make_case": "synthetic",
@@ -42,6 +42,7 @@ _EXPORTS = {
     "RandDropSequenced": "transforms",
     "RandThickSlicesd": "transforms",
     "RelabelSmallEnhancingd": "transforms",
+    "with_augmentations": "transforms",
 }
 __all__ = list(_EXPORTS)
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         LAYOUTS,
         DatasetError,
         build_datalist,
+        checked_datalist,
         detect_layout,
         find_studies,
         label_convention_of,
@@ -72,8 +74,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         RandDropSequenced,
         RandThickSlicesd,
         RelabelSmallEnhancingd,
+        with_augmentations,
     )
-    from .validation import check_study, checked_datalist, verify_entries  # noqa: F401
+    from .validation import check_study, verify_entries  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from refineformer3d.data.errors import DatasetError
+from refineformer3d.data.errors import DatasetError, InputError
 from refineformer3d.data.layouts import (
     LAYOUTS,
     UnknownLayoutError,
@@ -46,7 +45,9 @@ from refineformer3d.data.layouts import (
     find_study_folders,
     read_study,
 )
-from refineformer3d.data.modalities import CHANNELS, is_image_file, study_name
+from refineformer3d.data.modalities import CHANNELS, file_stem, is_image_file, study_name
+from refineformer3d.data.validation import check_study, verify_entries
+from refineformer3d.data.validation import study_name as entry_study_name
 from refineformer3d.io import write_atomically
 from refineformer3d.labels import CONVENTIONS
 
@@ -60,6 +61,7 @@ __all__ = [
     "build_datalist",
     "write_datalist",
     "load_datalist",
+    "checked_datalist",
     "find_studies",
     "label_convention_of",
     "main",
@@ -69,13 +71,9 @@ SPLITS = ("training", "validation", "testing")
 LABEL_CONVENTIONS = CONVENTIONS
 _CONVENTION_OF_LAYOUT = {"brats2023": "brats2023", "msd": "msd"}  # the others: "brats"
 
-_NIFTI = re.compile(r"\.nii(\.gz)?$")
-
 
 def _check_case(case: _Case, root: Path, convention: str) -> list[str]:
     """Problems with one case's files (see :func:`refineformer3d.data.validation.check_study`)."""
-    from refineformer3d.data.validation import check_study
-
     return check_study(_entry(case, root, absolute=True), root, convention)
 
 
@@ -352,6 +350,41 @@ def load_datalist(source: str | os.PathLike, split: str | None = None, **build_k
     return datalist if split is None else datalist[split]
 
 
+def checked_datalist(
+    source: str | os.PathLike,
+    splits: Sequence[str] = ("training", "validation", "testing"),
+    verify: bool = True,
+    pixdim: Sequence[float] | None = None,
+    **build_kwargs,
+) -> dict:
+    """:func:`load_datalist` for a bundle: any input error ends the run with one line.
+
+    Args:
+        source: a dataset folder or a datalist JSON.
+        splits: the splits whose studies are verified (read in full once, then cached; see :func:`verify_entries`);
+            all three by default, as the evaluation reads the labelled test cases.
+        verify: check the studies of ``splits``; False only resolves the datalist (files must exist).
+        pixdim: the voxel size the pipeline resamples to (see :func:`~refineformer3d.data.validation.check_study`).
+        build_kwargs: ``val_fraction``, ``test_fraction``, ``seed`` for a dataset folder.
+
+    Returns:
+        The datalist with absolute paths (see :func:`build_datalist`).
+
+    Raises:
+        InputError: for a missing source, a bad datalist, or any study that fails the checks.
+    """
+    try:
+        datalist = load_datalist(source, verify=False, **build_kwargs)
+    except DatasetError as error:
+        raise InputError.printed(str(error)) from None
+    if verify:
+        entries = [e for split in splits for e in datalist[split]]
+        verify_entries(
+            entries, datalist["dataset_dir"], datalist["label_convention"], pixdim, where=str(datalist["dataset_dir"])
+        )
+    return datalist
+
+
 def label_convention_of(entries: Sequence[Mapping], default: str = "brats") -> str:
     """The label convention shared by datalist entries.
 
@@ -380,7 +413,7 @@ def label_convention_of(entries: Sequence[Mapping], default: str = "brats") -> s
 def _study_file(path: Path, check: bool = True) -> dict:
     """A 4-D study file as an entry; ``check=False`` leaves reading it to the caller (a batch skips bad files)."""
     if not check:
-        return {"image": str(path), "case": _NIFTI.sub("", path.name)}
+        return {"image": str(path), "case": file_stem(path)}
     try:
         shape = nib.load(path).shape
     except Exception as error:  # as in _read: many exception types, one meaning
@@ -389,7 +422,7 @@ def _study_file(path: Path, check: bool = True) -> dict:
         raise DatasetError(
             [f"{path}: expected a 4-D NIfTI with 4 channels last (FLAIR, T1, T1ce, T2), got shape {shape}"]
         )
-    return {"image": str(path), "case": _NIFTI.sub("", path.name)}
+    return {"image": str(path), "case": file_stem(path)}
 
 
 def find_studies(
@@ -435,7 +468,7 @@ def find_studies(
         entries = load_datalist(path, "testing")
         if not entries:
             raise DatasetError([f"datalist {path} has no testing entries to run inference on"])
-        studies = [{"image": e["image"], "case": e.get("case") or _study_name(e["image"])} for e in entries]
+        studies = [{"image": e["image"], "case": entry_study_name(e)} for e in entries]
     elif path.is_file() and _is_nifti(path.name):
         studies = [_study_file(path)]
     elif path.is_dir():
@@ -491,11 +524,6 @@ def _read_studies(folders: Sequence[Path], dicom_keywords, skipped: dict[str, st
     if skipped is not None:
         skipped.update(problems)
     return studies
-
-
-def _study_name(image) -> str:
-    first = image[0] if isinstance(image, list) else image
-    return _NIFTI.sub("", Path(first).name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

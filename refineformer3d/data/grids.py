@@ -34,7 +34,7 @@ from monai.utils import ensure_tuple
 from nibabel.orientations import aff2axcodes
 
 from refineformer3d.data.errors import DatasetError, InputError
-from refineformer3d.data.modalities import CHANNELS, DISPLAY, image_stem, is_dicom_file, is_dicom_series, series_files
+from refineformer3d.data.modalities import CHANNELS, DISPLAY, file_stem, is_dicom_file, is_dicom_series, series_files
 
 __all__ = [
     "MAX_BRAIN_ML",
@@ -405,7 +405,7 @@ class LoadStudyd(MapTransform):
                     image = self.resample(image, reference)
             channels.append(image.as_tensor())
         meta = dict(reference.meta)
-        name = study or image_stem(Path(files[0]).name) or Path(files[0]).name
+        name = study or file_stem(files[0])
         meta["filename_or_obj"] = files[0]
         meta["study"] = name
         meta["modality_files"] = dict(zip(CHANNELS, files))

@@ -31,6 +31,7 @@ from refineformer3d.data.modalities import (
     assign_modalities,
     dicom_modality,
     dicom_series,
+    file_stem,
     is_dicom_file,
     is_image_file,
     modality_of_name,
@@ -143,8 +144,8 @@ def _msd_cases(folder: Path, names: set[str], need_labels: bool, problems: list[
             if not label.is_file():
                 label = None
                 if need_labels:
-                    problems.append(f"case {_NIFTI.sub('', name)}: missing label file labelsTr/{name}")
-        cases.append(_Case(_NIFTI.sub("", name), "msd", folder / name, label, None))
+                    problems.append(f"case {file_stem(name)}: missing label file labelsTr/{name}")
+        cases.append(_Case(file_stem(name), "msd", folder / name, label, None))
     return cases
 
 

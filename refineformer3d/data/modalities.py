@@ -46,6 +46,7 @@ __all__ = [
     "is_dicom_file",
     "is_dicom_series",
     "series_files",
+    "file_stem",
     "image_stem",
     "is_image_file",
     "modality_of_name",
@@ -56,6 +57,8 @@ CHANNELS = ("flair", "t1", "t1ce", "t2")
 DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
 # Longest first, so ".nii.gz" is not taken for ".gz".
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# What a name drops besides: this package's segmentations (Slicer's ".seg.nrrd", before ".nrrd") and DICOM files.
+NAME_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 _SEP = r"(?:^|[_.\-])"
 # Tried in this order: T1ce before T1, so "t1ce" or "ce-gd_T1w" is never read as T1.
@@ -99,15 +102,27 @@ DICOM_KEYWORDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def file_stem(path: str | os.PathLike, extensions: Sequence[str] = NAME_EXTENSIONS) -> str:
+    """A file's name without its image extension (any case): the one rule studies, cases and outputs are named by.
+
+    Other names, a DICOM series folder's among them, stay whole.
+
+    Example:
+        >>> [file_stem(p) for p in ("/data/BRATS_001.nii.gz", "sub-01_T1w.NII", "IM0001.dcm", "dicom/AX T1")]
+        ['BRATS_001', 'sub-01_T1w', 'IM0001', 'AX T1']
+    """
+    name = Path(path).name
+    lower = name.lower()
+    extension = next((e for e in extensions if lower.endswith(e)), "")
+    return name[: len(name) - len(extension)]
+
+
 def image_stem(name: str) -> str | None:
     """The name without its image extension, or ``None`` when it is not an image file (hidden files included)."""
-    if name.startswith("."):
+    if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
         return None
-    lower = name.lower()
-    for extension in IMAGE_EXTENSIONS:
-        if lower.endswith(extension):
-            return name[: -len(extension)]
-    return None
+    # only the image extensions: "flair.seg.nrrd" keeps ".seg" and so stays a segmentation, not FLAIR
+    return file_stem(name, IMAGE_EXTENSIONS)
 
 
 def is_image_file(name: str) -> bool:
@@ -130,7 +145,7 @@ def modality_of_name(name: str) -> str | None:
 
 def study_name(files: Iterable[str | os.PathLike], folder: str | os.PathLike) -> str:
     """A study's name: the common start of its files' names (``sub-01``, ``BraTS-GLI-00001-000``), else the folder's."""
-    stems = [image_stem(Path(f).name) or Path(f).name for f in files]
+    stems = [file_stem(f) for f in files]
     prefix = os.path.commonprefix(stems) if stems else ""
     # Cut back to a separator, so "t1.nii.gz" and "t2.nii.gz" give no name rather than "t".
     cut = max(prefix.rfind(c) for c in "_-.")

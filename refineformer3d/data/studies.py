@@ -84,7 +84,10 @@ def write_studies(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input, with one line on stderr)."""
-    parser = argparse.ArgumentParser(prog="python -m refineformer3d.data.studies", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.data.studies",
+        description="Write each study as one 4-D NIfTI (and its label) in MONAI Label's datastore layout.",
+    )
     parser.add_argument("source", help="dataset folder (any known BraTS/MSD layout) or datalist JSON")
     parser.add_argument("output", help="MONAI Label studies folder to write")
     parser.add_argument("--no-labels", dest="labels", action="store_false", help="write images only")

@@ -1,6 +1,7 @@
 """BraTS label transforms that MONAI lacks (convention-aware label schemes, prediction-to-label conversion), a
 resampling transform that runs under MONAI Label, N4 bias field correction (ITK's, which MONAI does not wrap), and two
-augmentations that MONAI's lack (a thick-slice acquisition, a dropped sequence).
+augmentations that MONAI's lack (a thick-slice acquisition, a dropped sequence); and where ``augment.json`` puts its
+augmentations in the training pipeline (:func:`with_augmentations`).
 
 Label schemes:
 
@@ -16,7 +17,7 @@ The raw label values follow a convention of :mod:`refineformer3d.labels` (``"bra
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from monai.transforms import (
     ConvertToMultiChannelBasedOnBratsClasses,
     MapLabelValue,
     MapTransform,
+    NormalizeIntensityd,
     RandomizableTransform,
     Spacingd,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "RandDropSequenced",
     "RandThickSlicesd",
     "RelabelSmallEnhancingd",
+    "with_augmentations",
 ]
 
 
@@ -470,3 +473,31 @@ class BiasFieldCorrectiond(MapTransform):
             corrected = np.stack([self.correct(channel, spacing) for channel in array])
             d[key], *_ = convert_to_dst_type(corrected, image, dtype=np.float32)
         return d
+
+
+def with_augmentations(
+    deterministic: Sequence, random: Sequence, acquisition: Sequence = (), augment: Sequence = ()
+) -> list:
+    """A training pipeline with augmentations put where each belongs (``augment.json`` over ``train.json``).
+
+    Acquisition effects (a bias field per sequence) multiply the scanner's intensities, so they go before the
+    intensity normalisation, which moves behind the other deterministic transforms; on normalised intensities a
+    multiplicative field would only rescale each voxel's distance from the mean. Other augmentations go after the
+    first random transform, the crop, so that each costs a patch rather than the study.
+
+    Args:
+        deterministic: ``train#deterministic_transforms`` (load to typed tensors, ``NormalizeIntensityd`` among them).
+        random: ``train#random_transforms``, the crop first.
+        acquisition: transforms before the normalisation; an item may be a list of transforms (one per sequence).
+            Without any, the normalisation stays where it is, in the part a cache keeps.
+        augment: transforms after the crop.
+
+    Returns:
+        The transforms in order, for a ``Compose``.
+    """
+    acquisition = [t for item in acquisition for t in (item if isinstance(item, (list, tuple)) else [item])]
+    if not acquisition:  # the deterministic part stays as validation has it, so a persistent cache serves both
+        return [*deterministic, *random[:1], *augment, *random[1:]]
+    normalise = [t for t in deterministic if isinstance(t, NormalizeIntensityd)]
+    before = [t for t in deterministic if not isinstance(t, NormalizeIntensityd)]
+    return [*before, *acquisition, *normalise, *random[:1], *augment, *random[1:]]

@@ -26,7 +26,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from refineformer3d.data.errors import DatasetError, InputError
+from refineformer3d.data.errors import InputError
+from refineformer3d.data.modalities import file_stem
 from refineformer3d.io import file_lock, write_atomically
 from refineformer3d.labels import convention_values
 
@@ -34,7 +35,6 @@ __all__ = [
     "MAX_VOXELS",
     "VOXEL_SIZE_RANGE",
     "check_study",
-    "checked_datalist",
     "display_path",
     "study_files",
     "study_name",
@@ -61,11 +61,10 @@ def study_files(entry: Mapping) -> list[str]:
 
 
 def study_name(entry: Mapping) -> str:
-    """The entry's ``case``, or the name of its first file without the extension."""
+    """The entry's ``case``, or the name of its first file without the extension (:func:`file_stem`)."""
     if entry.get("case"):
         return str(entry["case"])
-    name = Path(study_files(entry)[0]).name
-    return next((name[: -len(s)] for s in _NIFTI_SUFFIXES if name.endswith(s)), name)
+    return file_stem(study_files(entry)[0])
 
 
 def display_path(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
@@ -318,40 +317,3 @@ def verify_entries(
         text = json.dumps({"studies": len(entries), "checks": _CHECK_VERSION}) + "\n"
         write_atomically(verdict, lambda tmp: Path(tmp).write_text(text))
     return True
-
-
-def checked_datalist(
-    source: str | os.PathLike,
-    splits: Sequence[str] = ("training", "validation", "testing"),
-    verify: bool = True,
-    pixdim: Sequence[float] | None = None,
-    **build_kwargs,
-) -> dict:
-    """:func:`~refineformer3d.data.load_datalist` for a bundle: any input error ends the run with one line.
-
-    Args:
-        source: a dataset folder or a datalist JSON.
-        splits: the splits whose studies are verified (read in full once, then cached; see :func:`verify_entries`);
-            all three by default, as the evaluation reads the labelled test cases.
-        verify: check the studies of ``splits``; False only resolves the datalist (files must exist).
-        pixdim: the voxel size the pipeline resamples to (see :func:`check_study`).
-        build_kwargs: ``val_fraction``, ``test_fraction``, ``seed`` for a dataset folder.
-
-    Returns:
-        The datalist with absolute paths (see :func:`~refineformer3d.data.build_datalist`).
-
-    Raises:
-        InputError: for a missing source, a bad datalist, or any study that fails the checks.
-    """
-    from refineformer3d.data.datalist import load_datalist
-
-    try:
-        datalist = load_datalist(source, verify=False, **build_kwargs)
-    except DatasetError as error:
-        raise InputError.printed(str(error)) from None
-    if verify:
-        entries = [e for split in splits for e in datalist[split]]
-        verify_entries(
-            entries, datalist["dataset_dir"], datalist["label_convention"], pixdim, where=str(datalist["dataset_dir"])
-        )
-    return datalist

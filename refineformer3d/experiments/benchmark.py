@@ -2,21 +2,23 @@
 
 Usage::
 
-    python -m refineformer3d.benchmark --output benchmark      # benchmark/benchmark.md and .json; prints the Markdown
-    python -m refineformer3d.benchmark --no-references --models refineformer3d_tiny refineformer3d_small segformer3d
-    python -m refineformer3d.benchmark --roi 32 32 32 --volume 64 64 48 --repeats 1 --volume_repeats 1 --onnx
+    python -m refineformer3d.experiments.benchmark --output benchmark   # benchmark/benchmark.md and .json; prints it
+    python -m refineformer3d.experiments.benchmark --no-references \
+        --models refineformer3d_tiny refineformer3d_small segformer3d
+    python -m refineformer3d.experiments.benchmark --roi 32 32 32 --volume 64 64 48 --repeats 1 --volume_repeats 1 \
+        --onnx
 
 One run measures, and states in the Markdown's notes:
 
 * the machine: CPU model, threads, torch version, date, and its measured fp32 matmul peak: the best GFLOP/s of
   ``torch.mm`` over the square sizes ``--matmul_sizes`` at the benchmark's thread count;
 * per network: parameters; FLOPs of one window counted on the meta device, attention included
-  (:func:`refineformer3d.summary.count_flops`: 2 FLOP per multiply-add, norms, activations and interpolation not
-  counted); the CPU forward of one window (median of ``--repeats`` after one warm-up, ``torch.inference_mode``);
-  one whole-volume sliding window as ``bundle/configs/inference.json``'s inferer runs it, at each of
-  ``--sw_batch_sizes`` windows per batch (median of ``--volume_repeats`` after one warm-up; the best counts); the peak
-  memory of each; times over SegFormer3D's; achieved GFLOP/s and their fraction of the matmul peak; and the physical
-  limit, FLOPs / peak, per window and per volume;
+  (:func:`refineformer3d.experiments.summary.count_flops`: 2 FLOP per multiply-add, norms, activations and
+  interpolation not counted); the CPU forward of one window (median of ``--repeats`` after one warm-up,
+  ``torch.inference_mode``); one whole-volume sliding window as ``bundle/configs/inference.json``'s inferer runs it,
+  at each of ``--sw_batch_sizes`` windows per batch (median of ``--volume_repeats`` after one warm-up; the best
+  counts); the peak memory of each; times over SegFormer3D's; achieved GFLOP/s and their fraction of the matmul peak;
+  and the physical limit, FLOPs / peak, per window and per volume;
 * the ONNX Runtime fp32 and INT8 (dynamic, static) paths of ``--onnx`` networks, exported as the bundle exports them;
 * on CUDA: AMP float16 and bfloat16 training steps per second at 2 x 4 x 128^3 (forward, DiceCE, backward, AdamW),
   inference ms per window and per volume and peak GPU memory, each with and without ``torch.compile``.
@@ -38,6 +40,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -50,9 +53,9 @@ import torch
 import torch.nn as nn
 from torch.utils.benchmark.utils.timer import timer as clock  # synchronises CUDA
 
+from refineformer3d.experiments.summary import count_parameters, count_windows, model_factories, network_flops
 from refineformer3d.io import write_atomically
 from refineformer3d.networks import list_models
-from refineformer3d.summary import count_parameters, count_windows, model_factories, network_flops
 
 __all__ = [
     "BenchmarkRow",
@@ -69,13 +72,16 @@ __all__ = [
     "benchmark",
     "format_markdown",
     "main",
+    "run",
 ]
 
 # Each child re-imports the main module by name (multiprocessing's "prepare"); under ``python -m`` the server's
 # preload has imported it already, which runpy reports once per child. The children inherit this filter.
-warnings.filterwarnings("ignore", message="'refineformer3d.benchmark' found in sys.modules", category=RuntimeWarning)
+warnings.filterwarnings(
+    "ignore", message="'refineformer3d.experiments.benchmark' found in sys.modules", category=RuntimeWarning
+)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 #: the reference every time is divided by
 REFERENCE = "segformer3d"
 #: MONAI's networks, heavy on a CPU (minutes per volume); ``--no-references`` skips them
@@ -619,7 +625,7 @@ def _run_isolated(rows: Sequence[BenchmarkRow], tasks: Sequence[dict[str, Any]])
     """Run :func:`_measure_cpu` for each task in its own fresh process, one after the other; fill the rows."""
     context = multiprocessing.get_context("forkserver")
     # the server imports once; each child is a fork of it with the libraries loaded and no tensors made yet
-    context.set_forkserver_preload(["refineformer3d.benchmark", "refineformer3d.onnx", "monai.inferers"])
+    context.set_forkserver_preload(["refineformer3d.experiments.benchmark", "refineformer3d.onnx", "monai.inferers"])
     for row, task in zip(rows, tasks):
         try:
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -760,8 +766,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         "## How it was measured",
         "",
         "- FLOPs: torch.utils.flop_counter.FlopCounterMode on the meta device, 2 FLOP per multiply-add, attention "
-        "included; norms, activations and interpolation not counted (as `python -m refineformer3d.summary`). The "
-        "ONNX rows repeat their network's FLOPs; INT8 figures are set against the fp32 peak.",
+        "included; norms, activations and interpolation not counted (as "
+        "`python -m refineformer3d.experiments.summary`). The ONNX rows repeat their network's FLOPs; INT8 figures "
+        "are set against the fp32 peak.",
         f"- CPU forward: one 1x{settings['in_channels']}x{roi} input, torch.inference_mode, median of "
         f"{settings['repeats']} runs after one warm-up."
         + (
@@ -793,9 +800,11 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point: measures, prints the Markdown, writes ``--output``'s files; returns the report."""
-    parser = argparse.ArgumentParser(prog="python -m refineformer3d.benchmark", description=__doc__.split("\n\n")[0])
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The command line's work: measures, prints the Markdown, writes ``--output``'s files; returns the report."""
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.experiments.benchmark", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--output", help="folder for benchmark.md and benchmark.json (default: print only)")
     parser.add_argument("--models", nargs="+", default=None, help="networks to measure (default: all of the table)")
     parser.add_argument(
@@ -863,8 +872,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return report
 
 
-if __name__ == "__main__":
-    # through the module's own name, so the children unpickle refineformer3d.benchmark's functions, not __main__'s
-    from refineformer3d.benchmark import main as _main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``refineformer3d-benchmark``); returns the exit status."""
+    run(argv)
+    return 0
 
-    _main()
+
+if __name__ == "__main__":
+    # through the module's own name, so the children unpickle this module's functions, not __main__'s
+    from refineformer3d.experiments.benchmark import main as _main
+
+    sys.exit(_main())

@@ -2,13 +2,14 @@
 
 Usage::
 
-    python -m refineformer3d.summary                      # all models, 4 x 128^3, plain table
-    python -m refineformer3d.summary --markdown --volume 240 240 155
-    python -m refineformer3d.summary --roi 96 128 64 --models refineformer3d_small segformer3d
-    python -m refineformer3d.summary --models segformer2d_b0 --roi 128 128 8 --overlap 0.5 0.5 0 --volume 240 240 155
+    python -m refineformer3d.experiments.summary                      # all models, 4 x 128^3, plain table
+    python -m refineformer3d.experiments.summary --markdown --volume 240 240 155
+    python -m refineformer3d.experiments.summary --roi 96 128 64 --models refineformer3d_small segformer3d
+    python -m refineformer3d.experiments.summary --models segformer2d_b0 --roi 128 128 8 --overlap 0.5 0.5 0 \\
+        --volume 240 240 155
 
 Times, peak memory and the fraction of the machine's matmul peak are measured by ``python -m
-refineformer3d.benchmark``.
+refineformer3d.experiments.benchmark``.
 
 The default table leaves out the slice-wise SegFormers B1, B3, B4 and B5 (B0 and B2 stand for the family; the big
 ones take minutes per 128^3 window on a CPU); ``--models`` measures any registered name.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ __all__ = [
     "summary_rows",
     "format_table",
     "main",
+    "run",
 ]
 
 
@@ -316,9 +319,11 @@ def format_table(rows: Sequence[SummaryRow], markdown: bool = True) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    """Command-line entry point; prints and returns the table."""
-    parser = argparse.ArgumentParser(prog="python -m refineformer3d.summary", description=__doc__.split("\n\n")[0])
+def run(argv: Sequence[str] | None = None) -> str:
+    """The command line's work: prints and returns the table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.experiments.summary", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--roi", type=int, nargs=3, default=(128, 128, 128), metavar=("D", "H", "W"))
     parser.add_argument("--in_channels", type=int, default=4)
     parser.add_argument("--out_channels", type=int, default=3)
@@ -344,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     timing = [option for option in unknown if option.split("=")[0] in _TIMING_OPTIONS]
     if timing:
         parser.error(
-            f"{timing[0].split('=')[0]}: nothing is timed here any more; python -m refineformer3d.benchmark times"
+            f"{timing[0].split('=')[0]}: nothing is timed here any more; "
+            "python -m refineformer3d.experiments.benchmark times"
         )
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -367,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         "FLOPs: torch.utils.flop_counter.FlopCounterMode, 2 FLOP per multiply-add; norms, activations and "
         "interpolation not counted. GFLOP: a CPU forward on fake tensors (PyTorch's CPU scaled_dot_product_attention "
         "is not counted, as in the SegFormer3D reference figure); GFLOP+attn: counted on the meta device, attention "
-        "included. Times: python -m refineformer3d.benchmark."
+        "included. Times: python -m refineformer3d.experiments.benchmark."
     )
     if args.volume:
         windows = count_windows((1, args.in_channels, *args.volume), args.roi, overlap)
@@ -381,5 +387,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     return text
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``refineformer3d-summary``); returns the exit status."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,30 +1,31 @@
-"""Measurements behind bundle/docs/README.md, "Efficiency ideas, measured".
+"""Measure the efficiency ideas of the model card's "Efficiency ideas, measured": one part per idea.
 
 Speed is compared A/B inside one process: the arms of a comparison run in turn, round after round, and the median of
 each arm's forwards is divided by the baseline's, so load that other processes put on the machine hits every arm.
 
-Usage::
+Usage: ``python -m refineformer3d.experiments.efficiency_ideas PART ...`` with PART one of::
 
-    python scripts/efficiency_ideas.py networks --rounds 5      # params, GFLOP, forward-time ratios at 4 x 128^3
-    python scripts/efficiency_ideas.py early-exit --studies 5   # windows skipped on the real-size synthetic studies
-    python scripts/efficiency_ideas.py tumour-windows --studies 12   # at most how many hold no tumour (labels)
-    python scripts/efficiency_ideas.py window-threads --rounds 5      # one window on 2 threads, or 2 windows at once
-    python scripts/efficiency_ideas.py profile --model refineformer3d_tiny   # where one forward's time goes
-    python scripts/efficiency_ideas.py budget --speedup 5 --rounds 3   # the time a 5x study leaves tiny per window
-    python scripts/efficiency_ideas.py int8 --onnx model.onnx model_int8.onnx --studies 2   # time and Dice per runtime
+    networks --rounds 5                   # params, GFLOP, forward-time ratios at 4 x 128^3
+    early-exit --studies 5                # windows skipped on the real-size synthetic studies
+    tumour-windows --studies 12           # at most how many hold no tumour (labels)
+    window-threads --rounds 5             # one window on 2 threads, or 2 windows at once
+    profile --model refineformer3d_tiny   # where one forward's time goes
+    budget --speedup 5 --rounds 3         # the time a 5x study leaves tiny per window
+    int8 --onnx model.onnx model_int8.onnx --studies 2   # time and Dice per runtime
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
+from refineformer3d.experiments.summary import count_flops
 from refineformer3d.networks import create_model
-from refineformer3d.summary import count_flops
 
 FOURIER_1 = ("fourier", "attention", "attention", "attention")
 FOURIER_2 = ("fourier", "fourier", "attention", "attention")
@@ -216,8 +217,8 @@ def budget(speedup: float, rounds: int, volume: Sequence[int], model: str = "ref
     window) / windows``. Then ``model``'s forwards of one window are timed with timers on the token mixers of its
     first (1/4-resolution) stage and on its full-resolution step: the rest is what no change to those two can reach.
     """
-    from refineformer3d.benchmark import inferer_settings, sliding_window
-    from refineformer3d.summary import count_windows
+    from refineformer3d.experiments.benchmark import inferer_settings, sliding_window
+    from refineformer3d.experiments.summary import count_windows
 
     settings = inferer_settings()
     roi = tuple(settings["roi_size"])
@@ -422,8 +423,16 @@ def tumour_windows(studies: int, margins: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``refineformer3d-efficiency-ideas``); prints the part's table, returns the exit
+    status."""
+    description, _, usage = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(
+        prog="python -m refineformer3d.experiments.efficiency_ideas",
+        description=description,
+        epilog=usage,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="part", required=True)
     net = sub.add_parser("networks")
     net.add_argument("--models", nargs="+", default=["refineformer3d_tiny", "refineformer3d_small"])
@@ -479,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(tumour_windows(args.studies, args.margins))
     else:
         print(int8(args.onnx, args.studies, args.rounds, args.threads))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,9 +12,9 @@ finished run only gets the sets it lacks scored.
 
 Command line::
 
-    python -m refineformer3d.study --output DIR [--seeds 0 1 2] [--epochs 8] [--arms FILE ...] [--only NAME ...] \\
-        [--cases 40 --ood_cases 12 --shape 120 120 78 --roi_size 64 64 64] [--jobs 2 --threads 1] [--plan] \\
-        [--ood_recipes default shifted:contrast shifted:bias+slices ...]
+    python -m refineformer3d.experiments.study --output DIR [--seeds 0 1 2] [--epochs 8] [--arms FILE ...] \\
+        [--only NAME ...] [--cases 40 --ood_cases 12 --shape 120 120 78 --roi_size 64 64 64] \\
+        [--jobs 2 --threads 1] [--plan] [--ood_recipes default shifted:contrast shifted:bias+slices ...]
 
 Arms are a JSON list of ``{"name", "overrides": {bundle key: value}, "configs": [overlay files relative to the
 repository], "description"}``; each override goes to ``monai.bundle run`` as ``--key value``. A finished run
@@ -44,8 +44,10 @@ from pathlib import Path
 
 from refineformer3d.io import write_atomically
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundle" / "configs"
+# The arms of the efficiency-idea, augmentation and learning-rate studies (``--arms``), beside this module.
+ARMS_FILE = Path(__file__).resolve().with_name("study_arms.json")
 RESULT_FILE = "result.json"
 # Columns of the summary: (run key, heading). Dice and HD95 from the BraTS package; edema (label 2) from the
 # segmentations, since the package scores regions (WT, TC, ET) and edema is none of them.
@@ -82,7 +84,7 @@ def _create_model(name: str) -> dict:
 
 
 SEGRESNET = {
-    # The model zoo's brats_mri_segmentation configuration (see refineformer3d.summary.reference_models).
+    # The model zoo's brats_mri_segmentation configuration (see refineformer3d.experiments.summary.reference_models).
     "network_def#_target_": "SegResNet",
     "network_def#blocks_down": [1, 2, 2, 4],
     "network_def#blocks_up": [1, 1, 1],
@@ -583,7 +585,7 @@ def _finite_rows(value):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m refineformer3d.study",
+        prog="python -m refineformer3d.experiments.study",
         description="Train and score several networks at an equal budget over several seeds, in and out of "
         "distribution, through the bundle's own configs.",
     )
@@ -701,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sizes['testing']} test, {sizes['ood']} OOD ({settings.shape[0]}x{settings.shape[1]}x{settings.shape[2]} "
         f"half-size synthetic studies); crop {settings.roi_size[0]}^3, {settings.epochs} epochs = "
         f"{settings.epochs * sizes['training']} iterations per arm; command: "
-        f"`python -m refineformer3d.study {' '.join(sys.argv[1:] if argv is None else argv)}`"
+        f"`python -m refineformer3d.experiments.study {' '.join(sys.argv[1:] if argv is None else argv)}`"
     )
     write_summary(settings.output, known, header)
     print(f"summary: {settings.output / 'study.md'}")
