@@ -448,3 +448,25 @@ def test_full_size_forward(name):
     with torch.inference_mode():
         y = net(torch.randn(1, 4, 128, 128, 128))
     assert y.shape == (1, 3, 128, 128, 128) and torch.isfinite(y).all()
+
+
+def test_regions_from_classes_starts_each_region_at_its_log_odds_against_background(tmp_path):
+    from refineformer3d.networks import regions_from_classes
+
+    classes = create_model("refineformer3d_tiny", in_channels=4, out_channels=3).eval()
+    torch.save({k: v.half() for k, v in classes.state_dict().items()}, tmp_path / "classes.pt")  # as shipped
+    state = regions_from_classes(tmp_path / "classes.pt", tmp_path / "regions.pt")
+    assert torch.load(tmp_path / "regions.pt", weights_only=True).keys() == state.keys()
+    classes.load_state_dict(torch.load(tmp_path / "classes.pt", weights_only=True))
+    regions = create_model("refineformer3d_tiny", in_channels=4, out_channels=3).eval()
+    regions.load_state_dict(state)
+    with torch.no_grad():
+        x = torch.randn(1, 4, 32, 32, 32)
+        c, r = classes(x), regions(x)
+    torch.testing.assert_close(r[:, 0], c[:, 1] - c[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(r[:, 1], (c[:, 1] + c[:, 2]) / 2 - c[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(r[:, 2], r[:, 0])
+    four = create_model("refineformer3d_tiny", in_channels=4, out_channels=4).state_dict()
+    torch.save(four, tmp_path / "four.pt")
+    with pytest.raises(ValueError, match="3-class"):
+        regions_from_classes(tmp_path / "four.pt", tmp_path / "out.pt")

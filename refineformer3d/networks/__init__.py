@@ -17,6 +17,7 @@ from refineformer3d.networks.blocks import (
     MixTransformerBlock3D,
     OverlapPatchEmbed3D,
 )
+from refineformer3d.networks.checkpoints import regions_from_classes
 from refineformer3d.networks.encoder import MixTransformerStage3D, MixVisionTransformer3D
 from refineformer3d.networks.heads import GatedFusion3D, RefineHead3D, SegFormerHead3D
 from refineformer3d.networks.refineformer3d import REFINEFORMER3D_VARIANTS, RefineFormer3D
@@ -25,6 +26,7 @@ from refineformer3d.networks.segformer2d import SEGFORMER2D_VARIANTS, SegFormer2
 from refineformer3d.networks.segformer3d import SegFormer3D
 
 __all__ = [
+    "regions_from_classes",
     "RefineFormer3D",
     "SegFormer3D",
     "SegFormer2D",
