@@ -12,7 +12,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-__all__ = ["file_lock", "write_atomically"]
+__all__ = ["file_lock", "settings_folder", "write_atomically"]
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
@@ -46,3 +46,21 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) ->
 def file_lock(path: str | os.PathLike) -> FileLock:
     """An exclusive inter-process lock held on ``path`` (a context manager), on every platform ``filelock`` knows."""
     return FileLock(str(path))
+
+
+def settings_folder(root: str | os.PathLike, **settings) -> Path:
+    """``root`` / a folder named after ``settings``, for files that depend on them.
+
+    MONAI's ``PersistentDataset`` keys its files by each study's entry and the classes of the transforms, not by their
+    settings: one folder per label scheme, voxel size, crop size and N4 setting keeps a regions run from reading a
+    classes run's labels.
+
+    Example:
+        >>> settings_folder("cache", label_scheme="regions", pixdim=[1.0, 1.0, 1.0]).as_posix()
+        'cache/label_scheme-regions_pixdim-1.0x1.0x1.0'
+    """
+
+    def text(value) -> str:
+        return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    return Path(root) / "_".join(f"{key}-{text(value)}" for key, value in settings.items())

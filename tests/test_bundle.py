@@ -153,17 +153,22 @@ def test_persistent_cache_keeps_each_pipeline_apart(tmp_path, tiny_brats):
         datasets = [wf.parser.get_parsed_content(f"{part}#dataset") for part in ("train", "validate")]
         for _ in range(2):  # the second pass loads what the first wrote
             items = [dataset[i] for dataset in datasets for i in range(len(dataset))]
-        return datasets, items
+        return datasets, items, Path(wf.parser.get_parsed_content("persistent_cache_dir"))
 
-    (train, validate), items = read_every_study([TRAIN, PERSISTENT_CACHE])
-    assert all(isinstance(i, (list, dict)) for i in items)
+    (train, validate), items, folder = read_every_study([TRAIN, PERSISTENT_CACHE])
+    assert folder.parent == cache and "label_scheme-classes" in folder.name and "roi_size-32x32x32" in folder.name
     # without augmentation, training caches what validation does: one file per study
-    plain = {p.name for p in cache.iterdir()}
+    plain = {p.name for p in folder.iterdir()}
     assert len(plain) == len(train) + len(validate)
     # augment.json stops before normalising: its training studies are cached apart, validation's are reused
     read_every_study([TRAIN, AUGMENT, PERSISTENT_CACHE])
-    assert {p.name for p in cache.iterdir()} > plain
-    assert len(list(cache.iterdir())) == 2 * len(train) + len(validate)
+    assert {p.name for p in folder.iterdir()} > plain
+    assert len(list(folder.iterdir())) == 2 * len(train) + len(validate)
+    # the file names do not see the label scheme, so another scheme gets a folder of its own
+    _, items, regions = read_every_study([TRAIN, REGIONS, PERSISTENT_CACHE])
+    assert regions != folder and regions.parent == cache
+    labels = [i["label"] for item in items for i in (item if isinstance(item, list) else [item])]
+    assert all(label.shape[0] == 3 for label in labels), "TC, WT, ET channels, not the classes cache's one"
 
 
 def test_evaluate_writes_segmentations_as_inference_does():
