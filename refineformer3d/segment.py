@@ -2,8 +2,8 @@
 
 Usage::
 
-    refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--regions] [--model MODEL.pt] [--png]
-        [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce] [--coregister]
+    refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--regions] [--multifocal] [--model MODEL.pt]
+        [--png] [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce] [--coregister]
         [--bias_correction | --no-bias_correction] [--modality t1ce=FILE ...] [--debug]
 
 The input is anything ``inference.json``'s ``dataset_dir`` takes: one study folder in any naming (BraTS, BIDS, plain
@@ -55,6 +55,8 @@ def overrides(args: argparse.Namespace) -> dict:
         values["bias_correction"] = args.bias_correction
     if args.device:
         values["device"] = f"$torch.device({args.device!r})"
+    if args.multifocal:
+        values["keep_largest_lesion"] = False
     if args.regions:
         values["label_scheme"] = "regions"
         values["ckpt_path"] = str(Path(args.bundle_dir, "models", "model_regions.pt").absolute())
@@ -78,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="segment the BraTS regions with the regions weights (models/model_regions.pt): labels 1 necrosis, "
         "2 edema, 4 enhancing tumour; without it, 1 tumour core, 2 edema",
+    )
+    parser.add_argument(
+        "--multifocal",
+        action="store_true",
+        help="keep every whole-tumour component of at least 0.1 mL (default: only the largest)",
     )
     parser.add_argument("--png", action="store_true", help="write <study>_seg.png, an overview")
     parser.add_argument("--report", action="store_true", help="write <study>_report.json (inputs, grid, volumes)")

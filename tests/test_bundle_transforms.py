@@ -94,15 +94,17 @@ def _label(spacing=(1.0, 1.0, 1.0)):
 
 def test_lesion_postprocessing_removes_islands_below_the_ml_threshold():
     label = _label()
-    out = _lesion_postprocessing(min_lesion_ml=0.1)({"pred": label})["pred"]
+    out = _lesion_postprocessing(min_lesion_ml=0.1, keep_largest_lesion=False)({"pred": label})["pred"]
     assert torch.equal(out[0, :25, :25, :25], label[0, :25, :25, :25]), "the tumour itself is untouched"
     assert (out[0, 30:35, 30:35, 30:35] == 2).all(), "0.125 mL is kept at 0.1 mL"
     assert (out[0, 36:38, 2:4, 2:4] == 0).all(), "0.008 mL is removed"
     # In mL, not voxels: at 2 mm voxels the 125-voxel island is 1 mL and the 8-voxel one 0.064 mL.
-    out = _lesion_postprocessing(min_lesion_ml=0.5)({"pred": _label((2.0, 2.0, 2.0))})["pred"]
+    out = _lesion_postprocessing(min_lesion_ml=0.5, keep_largest_lesion=False)({"pred": _label((2.0, 2.0, 2.0))})[
+        "pred"
+    ]
     assert (out[0, 30:35, 30:35, 30:35] == 2).all() and (out[0, 36:38, 2:4, 2:4] == 0).all()
-    out = _lesion_postprocessing(min_lesion_ml=0.0, keep_largest_lesion=True)({"pred": _label()})["pred"]
-    assert int((out > 0).sum()) == 20**3, "keep_largest_lesion keeps only the tumour"
+    out = _lesion_postprocessing(min_lesion_ml=0.0)({"pred": _label()})["pred"]
+    assert int((out > 0).sum()) == 20**3, "keep_largest_lesion, on by default, keeps only the tumour"
 
 
 def test_small_enhancing_tumour_becomes_necrosis_in_the_regions_scheme():

@@ -60,6 +60,8 @@ def test_options_become_inference_json_overrides():
     off = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--no-bias_correction"]))
     assert off["bias_correction"] is False
     assert "label_scheme" not in plain and "ckpt_path" not in plain, "inference.json's model.pt, classes"
+    assert "keep_largest_lesion" not in plain
+    assert overrides(_parser().parse_args(["-i", "in", "-o", "out", "--multifocal"]))["keep_largest_lesion"] is False
     regions = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--regions", "--bundle_dir", "b"]))
     assert regions["label_scheme"] == "regions" and regions["ckpt_path"].endswith("b/models/model_regions.pt")
     own = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--regions", "--model", "mine.pt"]))
