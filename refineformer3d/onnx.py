@@ -4,7 +4,7 @@ MONAI exports (``python -m monai.bundle onnx_export``) and ONNX Runtime runs the
 ``torch.nn.Module`` that runs an ONNX graph, so that MONAI's ``SlidingWindowInferer`` and engines can drive it, and a
 quantisation step fed with windows of real studies. Both are here.
 
-Quantise an exported model (see ``bundle/docs/README.md`` for the export command), and time the sliding window of
+Quantise an exported model (see ``docs/exports.md`` for the export command), and time the sliding window of
 ``inference.json`` on one study with PyTorch and with ONNX Runtime::
 
     python -m refineformer3d.onnx quantize bundle/models/model.onnx bundle/models/model_int8.onnx

@@ -1,4 +1,4 @@
-"""Measure the efficiency ideas of the model card's "Efficiency ideas, measured": one part per idea.
+"""Measure the efficiency ideas of docs/experiments/2026-11-23-efficiency-ideas.md: one part per idea.
 
 Speed is compared A/B inside one process: the arms of a comparison run in turn, round after round, and the median of
 each arm's forwards is divided by the baseline's, so load that other processes put on the machine hits every arm.
