@@ -13,11 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 SHIPPED_WEIGHTS = REPO / "bundle" / "models" / "model.pt"
 SHIPPED_REGIONS_WEIGHTS = REPO / "bundle" / "models" / "model_regions.pt"
-# sha256 of the shipped weights (RefineFormer3D small, synthetic studies, bundle docs). Training without --ckpt_dir
-# overwrites model.pt (and the card's regions recipe model_regions.pt); the tests whose thresholds were measured on
-# these weights then skip instead of failing.
+# sha256 of the shipped weights (RefineFormer3D small fine-tuned on real BraTS 2018 cases, model card). Training
+# without --ckpt_dir overwrites model.pt (and the card's regions recipe model_regions.pt); the tests whose thresholds
+# were measured on these weights then skip instead of failing.
 SHIPPED_SHA256 = {
-    SHIPPED_WEIGHTS: "1176bfa33c396cfe99907ba95faafe1a498868abfb4b1bd72f4a98f4f4d7318a",
+    SHIPPED_WEIGHTS: "78a17d20db44ae14b3aa1dada78d72e24658816d4475103f5681419a070bb3ac",
     SHIPPED_REGIONS_WEIGHTS: "c78d66ec7f4ee28e5ee29cb35fecb1830b779fffb48c4cb6659884f5d7f62358",
 }
 # The keys the zoo's metadata schema (meta_schema_20240725.json, downloaded by ci/verify_bundle.py) requires.
