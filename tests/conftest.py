@@ -18,7 +18,7 @@ SHIPPED_REGIONS_WEIGHTS = REPO / "bundle" / "models" / "model_regions.pt"
 # were measured on these weights then skip instead of failing.
 SHIPPED_SHA256 = {
     SHIPPED_WEIGHTS: "78a17d20db44ae14b3aa1dada78d72e24658816d4475103f5681419a070bb3ac",
-    SHIPPED_REGIONS_WEIGHTS: "c78d66ec7f4ee28e5ee29cb35fecb1830b779fffb48c4cb6659884f5d7f62358",
+    SHIPPED_REGIONS_WEIGHTS: "c2058eb7f510ea5e5d05bedcccbb861d1dda58a38d4a138038b12ccf5bd06296",
 }
 # The keys the zoo's metadata schema (meta_schema_20240725.json, downloaded by ci/verify_bundle.py) requires.
 REQUIRED_METADATA = (
