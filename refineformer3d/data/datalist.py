@@ -157,10 +157,10 @@ def build_datalist(
 
     Returns:
         ``{"layout", "label_convention", "channels", "dataset_dir", "training", "validation", "testing"}``, and
-        ``"num_folds"`` and ``"fold"`` with folds. Each
-        entry is ``{"image": [flair, t1, t1ce, t2] or one 4-D file, "label": file, "case": name}`` with paths
-        relative to ``dataset_dir``. Testing lists the labelled held-out cases, then the unlabelled ones
-        (validation-data folders, MSD ``imagesTs``), which have no ``"label"``.
+        ``"num_folds"``, ``"fold"`` and ``"seed"`` with folds. Each entry is ``{"image": [flair, t1, t1ce, t2] or
+        one 4-D file, "label": file, "case": name}`` with paths relative to ``dataset_dir``. Testing lists the
+        labelled held-out cases, then the unlabelled ones (validation-data folders, MSD ``imagesTs``), which have
+        no ``"label"``.
 
     Raises:
         DatasetError: (a ``ValueError``) listing every problem found, each naming the case and file; or for bad
