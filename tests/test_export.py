@@ -202,11 +202,13 @@ def test_static_calibration_windows_sit_on_the_brain():
     assert calibration_windows([torch.ones(4, 20, 20, 20)], [32, 32, 32], per_image=1)[0].shape == (1, 4, 32, 32, 32)
 
 
-def test_metadata_says_the_weights_are_synthetic_and_not_clinical():
+def test_metadata_names_the_data_of_the_weights_and_not_clinical():
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
     assert all(isinstance(v, (int, float)) for v in metadata["eval_metrics"].values())  # the zoo's numbers only
     text = metadata["eval_data"].lower()
-    assert "synthetic" in text and "not for clinical use" in text
+    assert "cross-validation" in text and "brats 2018" in text and "not for clinical use" in text
+    assert "brats 2018" in metadata["data_source"].lower() and "synthetic" in metadata["data_source"].lower()
+    assert "research use" in metadata["data_license"] and "not for clinical use" in metadata["intended_use"].lower()
 
 
 @pytest.mark.slow  # full-size study and exports of the shipped weights
