@@ -55,9 +55,10 @@ SUMMARY_FIELDS = ("study", "status", "reason", "seconds", "part")
 def cohort_part(items: Sequence, num_parts: int, part_id: int, key=None) -> list:
     """The ``part_id``-th of ``num_parts`` shares of ``items`` once sorted by ``key``: no overlap, no padding.
 
-    MONAI's ``partition_dataset`` deals the sorted items out in turn (share ``r`` holds items ``r``,
-    ``r + num_parts``, ...), so the shares differ in size by at most one and each holds studies from the whole cohort.
-    The sort makes the shares the same in every process whatever order the files were listed in.
+    The sorted items are dealt out in turn (share ``r`` holds items ``r``, ``r + num_parts``, ...), as MONAI's
+    ``partition_dataset`` deals them without shuffling; unlike it, a share may be empty (more processes than studies:
+    that process has nothing to do, and still joins the summary). The shares differ in size by at most one, each holds
+    studies from the whole cohort, and the sort makes them the same in every process whatever the listing order.
 
     Example:
         >>> cohort_part(["c", "a", "e", "b", "d"], 2, 1)
@@ -66,16 +67,11 @@ def cohort_part(items: Sequence, num_parts: int, part_id: int, key=None) -> list
     Raises:
         ValueError: for ``num_parts < 1`` or a ``part_id`` outside ``0 .. num_parts - 1``.
     """
-    from monai.data import partition_dataset
-
     if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
         raise ValueError(f"num_parts must be a whole number of at least 1, got {num_parts!r}")
     if isinstance(part_id, bool) or not isinstance(part_id, int) or not 0 <= part_id < num_parts:
         raise ValueError(f"part_id must be one of 0 .. {num_parts - 1} (num_parts {num_parts}), got {part_id!r}")
-    ordered = sorted(items, key=key)
-    if num_parts == 1:
-        return ordered
-    return list(partition_dataset(ordered, num_partitions=num_parts, shuffle=False, even_divisible=False)[part_id])
+    return sorted(items, key=key)[part_id::num_parts]
 
 
 class StudyBatch:
