@@ -194,6 +194,46 @@ def test_ctrl_c_stops_the_batch(tiny_brats, tiny_weights, tmp_path):
     assert not list((tmp_path / "out").glob("*_seg.nii.gz"))
 
 
+def _rank(rank: int, world_size: int, port: int, folder: Path, out: Path, weights: Path) -> None:
+    """One process of a ``torch.distributed`` run as torchrun starts it (its environment), in a forked child."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    wf = bundle_workflow([INFERENCE, MULTI_GPU_INFERENCE], REPO / "bundle", folder, "infer", output_dir=str(out),
+                         **_fast(weights))  # fmt: skip
+    try:
+        wf.run()
+    finally:
+        wf.finalize()
+
+
+def test_two_gloo_processes_share_a_cohort_and_the_first_writes_its_summary(tiny_brats, tiny_weights, tmp_path):
+    """The fast check of multi_gpu_inference.json (forked processes; the slow test below launches torchrun)."""
+    import multiprocessing
+    import socket
+
+    folder = _cohort(tiny_brats, tmp_path / "studies", 3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = multiprocessing.get_context("fork")  # the children inherit the imports: no 10 s start each
+    ranks = [context.Process(target=_rank, args=(r, 2, port, folder, tmp_path / "two", tiny_weights)) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(300)
+    assert [process.exitcode for process in ranks] == [0, 0]
+    _infer(folder, tmp_path / "one", tiny_weights)
+    one, two = _labels(tmp_path / "one"), _labels(tmp_path / "two")
+    assert sorted(two) == sorted(one) and all(np.array_equal(one[name], two[name]) for name in one)
+    rows = _summary(tmp_path / "two")
+    assert [(row["study"], row["status"], row["part"]) for row in rows] == [
+        ("Brats17_C00_1", "written", "0"),
+        ("Brats17_C01_1", "written", "1"),
+        ("Brats17_C02_1", "written", "0"),
+    ]
+
+
 @pytest.mark.slow  # three torchrun launches (two processes each) and a one-process run: about 90 s on 2 CPUs
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc to kill them")
 def test_two_gloo_processes_write_what_one_process_writes_and_a_killed_run_resumes(tiny_brats, tiny_weights, tmp_path):
