@@ -32,6 +32,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "BestMetricState",
+    "GradScalerState",
     "RandomStates",
     "StopOnNonFiniteLoss",
     "StudyBatch",
@@ -360,7 +361,8 @@ class AtomicDiskSaver(BaseSaveHandler):
     Ignite's ``Checkpoint`` removes the file it replaces *before* saving the new one, and MONAI's ``CheckpointSaver``
     saves in place: a kill during the save leaves no checkpoint, or a truncated one that resume then picks. Here the
     new file is written under a temporary name and renamed (:func:`refineformer3d.io.write_atomically`), and removals
-    wait until the next save has succeeded.
+    wait until the next save has succeeded. The temporary file of a save that a kill cut short is removed when the
+    next run creates its saver.
 
     Args:
         dirname: the checkpoint folder.
@@ -371,6 +373,9 @@ class AtomicDiskSaver(BaseSaveHandler):
         self.dirname = Path(dirname)
         self.filename = filename
         self._pending: list[str] = []
+        for path in partial_files(self.dirname):  # the hidden file of a save that a kill cut short
+            logger.warning(f"removed {path}, a partial checkpoint of a killed run")
+            path.unlink(missing_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         filename = self.filename or filename
@@ -521,7 +526,7 @@ def checkpoint_objects(
         network: the network being trained.
         optimizer: its optimizer.
         lr_scheduler: the learning-rate schedule.
-        trainer: the training engine (epoch and iteration); its ``scaler`` too when it has one (AMP in float16).
+        trainer: the training engine (epoch and iteration); under AMP its ``scaler`` too (:class:`GradScalerState`).
         preprocessing: the training transforms, whose random states are saved (:class:`RandomStates`).
         evaluator: the validation evaluator, whose best metric is saved (:class:`BestMetricState`).
         val_handlers: the evaluator's handlers, among them the saver of the best model.
@@ -537,10 +542,34 @@ def checkpoint_objects(
         "random_states": RandomStates(preprocessing),
         "best_metric": BestMetricState(evaluator, val_handlers),
     }
-    # a GradScaler exists only under AMP with float16; without one there is nothing to save or load
-    if getattr(trainer, "scaler", None) is not None:
-        objects["scaler"] = trainer.scaler
+    if getattr(trainer, "amp", False):
+        objects["scaler"] = GradScalerState(trainer)
     return objects
+
+
+class GradScalerState:
+    """The AMP gradient scaler's state (its loss scale and growth tracker) as a checkpoint entry.
+
+    MONAI's trainer makes its ``GradScaler`` when ``run()`` starts, after the config built the checkpoint's objects,
+    so the entry reads ``trainer.scaler`` when it is saved and loaded (the loader runs on ``STARTED``, once the scaler
+    exists). A resumed run then starts from the scale the first had reached instead of 65536 again, which would skip
+    steps while it comes down. A disabled scaler (AMP on a CPU) has an empty state: nothing to save or restore.
+
+    Args:
+        trainer: the training engine; its ``scaler`` attribute is the scaler.
+    """
+
+    def __init__(self, trainer: Engine) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        scaler = getattr(self.trainer, "scaler", None)
+        return scaler.state_dict() if scaler is not None else {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        scaler = getattr(self.trainer, "scaler", None)
+        if state and scaler is not None and scaler.is_enabled():
+            scaler.load_state_dict(dict(state))
 
 
 class StopOnNonFiniteLoss:
