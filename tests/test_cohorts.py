@@ -26,6 +26,9 @@ from refineformer3d.io import write_atomically
 
 INFERENCE = str(CONFIGS / "inference.json")
 MULTI_GPU_INFERENCE = str(CONFIGS / "multi_gpu_inference.json")
+TRAIN = str(CONFIGS / "train.json")
+EVALUATE = str(CONFIGS / "evaluate.json")
+MULTI_GPU_EVALUATE = str(CONFIGS / "multi_gpu_evaluate.json")
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
@@ -194,35 +197,41 @@ def test_ctrl_c_stops_the_batch(tiny_brats, tiny_weights, tmp_path):
     assert not list((tmp_path / "out").glob("*_seg.nii.gz"))
 
 
-def _rank(rank: int, world_size: int, port: int, folder: Path, out: Path, weights: Path) -> None:
+def _rank(rank: int, world_size: int, port: int, configs: list[str], root: Path, data: Path, **override) -> None:
     """One process of a ``torch.distributed`` run as torchrun starts it (its environment), in a forked child."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
-    wf = bundle_workflow([INFERENCE, MULTI_GPU_INFERENCE], REPO / "bundle", folder, "infer", output_dir=str(out),
-                         **_fast(weights))  # fmt: skip
+    wf = bundle_workflow(configs, root, data, "infer" if configs[0] == INFERENCE else "eval", **override)
     try:
         wf.run()
     finally:
         wf.finalize()
 
 
-def test_two_gloo_processes_share_a_cohort_and_the_first_writes_its_summary(tiny_brats, tiny_weights, tmp_path):
-    """The fast check of multi_gpu_inference.json (forked processes; the slow test below launches torchrun)."""
+def _forked_ranks(*args, **override) -> list[int]:
+    """Runs :func:`_rank` in two forked processes (they inherit the imports: no 10 s start each); their exit codes."""
     import multiprocessing
     import socket
 
-    folder = _cohort(tiny_brats, tmp_path / "studies", 3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    context = multiprocessing.get_context("fork")  # the children inherit the imports: no 10 s start each
-    ranks = [context.Process(target=_rank, args=(r, 2, port, folder, tmp_path / "two", tiny_weights)) for r in (0, 1)]
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=_rank, args=(r, 2, port, *args), kwargs=override) for r in (0, 1)]
     for process in ranks:
         process.start()
     for process in ranks:
         process.join(300)
-    assert [process.exitcode for process in ranks] == [0, 0]
+    return [process.exitcode for process in ranks]
+
+
+def test_two_gloo_processes_share_a_cohort_and_the_first_writes_its_summary(tiny_brats, tiny_weights, tmp_path):
+    """The fast check of multi_gpu_inference.json (forked processes; the slow test below launches torchrun)."""
+    folder = _cohort(tiny_brats, tmp_path / "studies", 3)
+    configs = [INFERENCE, MULTI_GPU_INFERENCE]
+    codes = _forked_ranks(configs, REPO / "bundle", folder, output_dir=str(tmp_path / "two"), **_fast(tiny_weights))
+    assert codes == [0, 0]
     _infer(folder, tmp_path / "one", tiny_weights)
     one, two = _labels(tmp_path / "one"), _labels(tmp_path / "two")
     assert sorted(two) == sorted(one) and all(np.array_equal(one[name], two[name]) for name in one)
@@ -292,3 +301,27 @@ def test_partial_files_of_a_killed_write_are_found_by_name(tmp_path):
     assert partial_files(tmp_path) == sorted(stale)
     assert partial_files(tmp_path, ["a_seg.nii.gz"]) == stale[:1]
     assert partial_files(tmp_path / "absent") == []
+
+
+@pytest.mark.slow  # two evaluations of the train.json pipeline: 10-30 s on 2 shared CPUs
+def test_two_gloo_processes_evaluate_a_labelled_cohort_and_score_it_once(tiny_brats, tiny_weights, tmp_path):
+    """multi_gpu_evaluate.json: each process segments its share, the first scores all with the BraTS package."""
+    fast = {k: v for k, v in _fast(tiny_weights).items() if k != "ckpt_path"}
+    fast.update(num_samples=1, cache_rate=0.0, test_fraction=0.4)  # three labelled test studies of eight
+    results = {}
+    for name in ("one", "two"):
+        root = tmp_path / name
+        (root / "models").mkdir(parents=True)
+        (root / "models" / "model.pt").write_bytes(tiny_weights.read_bytes())
+        if name == "one":
+            bundle_workflow([TRAIN, EVALUATE], root, tiny_brats, "eval", **fast).run()
+        else:
+            assert _forked_ranks([TRAIN, EVALUATE, MULTI_GPU_EVALUATE], root, tiny_brats, **fast) == [0, 0]
+        results[name] = json.loads((root / "eval" / "brats_testing.json").read_text())
+    scores = {  # every number of every case; the files' paths differ by the root
+        name: {c["case"]: {k: v for k, v in c.items() if not isinstance(v, str)} for c in result["cases"]}
+        for name, result in results.items()
+    }
+    assert len(scores["one"]) == 3 and scores["two"] == scores["one"]
+    segmentations = {p.name for p in (tmp_path / "two" / "eval" / "segmentations").iterdir()}
+    assert segmentations == {p.name for p in (tmp_path / "one" / "eval" / "segmentations").iterdir()}
