@@ -197,7 +197,8 @@ class StudyBatch:
         for path in partial:  # a kill skips write_atomically's cleanup; these are this part's own studies' files
             logger.warning(f"removed {path}, a partial file of a killed run")
             path.unlink(missing_ok=True)
-        if not self.studies and not self.records and num_parts == 1:
+        found_done = any(record["status"] == "found done" for record in self.records.values())
+        if not self.studies and not found_done and num_parts == 1:
             raise InputError.printed(
                 list(self.skipped.values()), f"inference: none of {len(self.skipped)} studies is usable"
             )

@@ -153,6 +153,8 @@ def test_job_array_parts_write_the_cohort_once_and_resume_finds_done_studies(tin
     assert {k: v for k, v in after.items() if k != "Brats17_C01_1_seg.nii.gz"} == {
         k: v for k, v in before.items() if k != "Brats17_C01_1_seg.nii.gz"
     }
+    _infer(folder, out, tiny_weights, resume=True, write_summary=True)  # all done: nothing to do, and no error
+    assert {row["status"] for row in _summary(out)} == {"found done"}
     with pytest.raises(InputError, match="exists"):  # without resume, existing outputs are still refused
         _infer(folder, out, tiny_weights)
 
