@@ -128,7 +128,9 @@ def measure_arm(
     return {"monai": monai.__version__, "threads": threads, "start_up": start_up, "studies": rows}
 
 
-def bundle_wall(config_file: str | os.PathLike, source: str, output_dir: str, threads: int) -> float:
+def bundle_wall(
+    config_file: str | os.PathLike, source: str, output_dir: str, threads: int, overrides: dict[str, Any] | None = None
+) -> float:
     """Wall seconds of ``python -m monai.bundle run`` with ``config_file`` on ``source``, in a fresh process."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [
@@ -151,6 +153,8 @@ def bundle_wall(config_file: str | os.PathLike, source: str, output_dir: str, th
         "--overwrite",
         "True",
     ]
+    for key, value in (overrides or {}).items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -166,9 +170,12 @@ def _subset(source: str, studies: int, folder: Path) -> tuple[str, str]:
     items = parser.get_parsed_content("datalist")[:studies]
     paths = []
     for name, subset in (("one", items[:1]), ("all", items)):
-        path = folder / f"{name}.json"
+        path = folder / "lists" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         plain = [{k: v for k, v in item.items() if isinstance(v, (str, list, int, float))} for item in subset]
-        path.write_text(json.dumps({"testing": plain}, indent=1))
+        files = [f for item in plain for f in (item["image"] if isinstance(item["image"], list) else [item["image"]])]
+        root = os.path.commonpath([os.path.dirname(f) for f in files])  # a datalist's files lie under its dataset_dir
+        path.write_text(json.dumps({"dataset_dir": root, "testing": plain}, indent=1))
         paths.append(str(path))
     return paths[0], paths[1]
 
@@ -180,8 +187,14 @@ def study_benchmark(
     before_config: str | None = None,
     after_config: str | None = None,
     bundle_runs: bool = True,
+    overrides: dict[str, Any] | None = None,
+    segmentation_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Both arms measured one after the other, each in fresh processes; the report as a dict."""
+    """Both arms measured one after the other, each in fresh processes; the report as a dict.
+
+    ``overrides`` (config keys, e.g. ``ckpt_path``) apply to both arms; ``segmentation_dir`` keeps each arm's
+    segmentations in ``segmentation_dir/<arm>`` (for scoring with ``refineformer3d-evaluate``).
+    """
     from refineformer3d.experiments.benchmark import machine_facts
 
     arms = {"after": str(after_config or CONFIGS / "inference.json")}
@@ -192,10 +205,12 @@ def study_benchmark(
         folder = Path(tmp)
         one, everything = _subset(source, studies, folder)
         for arm, config in arms.items():
+            written = Path(segmentation_dir, arm) if segmentation_dir else folder / arm / "stages"
             launched = time.time()
             out = subprocess.run(
                 [sys.executable, "-m", __name__, "--_arm", config, "--_source", everything, "--studies", str(studies)]
-                + ["--threads", str(threads), "--_output", str(folder / arm / "stages"), "--_launched", str(launched)],
+                + ["--threads", str(threads), "--_output", str(written.absolute()), "--_launched", str(launched)]
+                + ["--_overrides", json.dumps(overrides or {})],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -206,8 +221,8 @@ def study_benchmark(
             result["median"] = {s: statistics.median(r[s] for r in result["studies"]) for s in STAGES}
             result["median"]["study"] = statistics.median(sum(r[s] for s in STAGES) for r in result["studies"])
             if bundle_runs:
-                wall_one = bundle_wall(config, one, str(folder / arm / "one"), threads)
-                wall_all = bundle_wall(config, everything, str(folder / arm / "all"), threads)
+                wall_one = bundle_wall(config, one, str(folder / arm / "one"), threads, overrides)
+                wall_all = bundle_wall(config, everything, str(folder / arm / "all"), threads, overrides)
                 n = len(result["studies"])
                 result["bundle"] = {
                     "one study with start-up": wall_one,
@@ -270,6 +285,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-bundle_runs", dest="bundle_runs", action="store_false", help="skip the `monai.bundle run` walls"
     )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for both arms, e.g. ckpt_path=fold0/model.pt (VALUE as JSON where it parses)",
+    )
+    parser.add_argument("--segmentation_dir", help="keep each arm's segmentations in SEGMENTATION_DIR/<arm>")
+
+
+def _override(item: str) -> tuple[str, Any]:
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -283,6 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         before_config=args.before_config,
         after_config=args.after_config,
         bundle_runs=args.bundle_runs,
+        overrides=dict(_override(item) for item in args.set),
+        segmentation_dir=args.segmentation_dir,
     )
     markdown = format_markdown(report)
     print(markdown)
@@ -300,10 +333,12 @@ def _arm_main(argv: Sequence[str]) -> None:
     parser.add_argument("--_source", required=True)
     parser.add_argument("--_output", required=True)
     parser.add_argument("--_launched", type=float, default=None)
+    parser.add_argument("--_overrides", default="{}")
     parser.add_argument("--studies", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    result = measure_arm(args._arm, args._source, args._output, args.studies, args.threads, launched=args._launched)
+    overrides = json.loads(args._overrides)
+    result = measure_arm(args._arm, args._source, args._output, args.studies, args.threads, overrides, args._launched)
     print(json.dumps(result))
 
 
