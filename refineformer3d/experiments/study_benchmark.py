@@ -14,7 +14,8 @@ release) runs in its own fresh Python process, one after the other, at ``--threa
   transform, the batch collated, ``inferer`` on ``network``, the output decollated, ``postprocessing`` transform by
   transform), each stage timed: loading and resampling, N4, the crop and normalisation, the network, the
   post-processing (activation, labels, inversion, lesion clean-up) and writing. The median over the studies is
-  reported, and the segmentations are the ones the bundle writes (the test compares them);
+  reported, and the segmentations are the ones the bundle writes (the test compares them); each study's row is also
+  appended to ``stage_seconds.jsonl`` beside them as it finishes;
 * **the bundle itself** (``--bundle_runs``): ``python -m monai.bundle run`` on one study and on all of them, each
   in a fresh process with the config's own ``num_workers``: the single study with its start-up as a user waits for
   it, and the marginal time of a study in a batch, ``(all - one) / (n - 1)``.
@@ -118,6 +119,8 @@ def measure_arm(
                 result = apply_transform(transform, result)
                 seconds[stage_of(transform, True)] += time.perf_counter() - start
         rows.append({"study": str(item.get("case") or Path(str(item["image"][0])).parent.name), **seconds})
+        with open(Path(output_dir, "stage_seconds.jsonl"), "a") as log:  # kept when a long run is stopped
+            log.write(json.dumps(rows[-1]) + "\n")
     start_up = {
         "process start": (t0 - launched) if launched is not None else None,
         "import torch": t_torch - t0,
