@@ -184,7 +184,7 @@ def test_evaluate_writes_segmentations_as_inference_does():
         assert written["keys"] == "seg" and inferred["keys"] == "pred"
         settings = [{k: v for k, v in t.items() if k not in where} for t in (written, inferred)]
         assert settings[0] == settings[1], written["_target_"]
-    assert evaluate[2]["transform"] == "@validate#preprocessing" and chain[1]["transform"] == "@preprocessing"
+    assert evaluate[3]["transform"] == "@validate#preprocessing" and chain[2]["transform"] == "@preprocessing"
 
 
 def test_evaluate_writes_per_case_and_summary_csv(trained, tiny_brats):

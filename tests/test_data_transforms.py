@@ -268,13 +268,15 @@ def _biased_brain(size: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return tissue * field, brain, lesion
 
 
-def test_bias_field_correction_divides_out_a_smooth_field_inside_the_brain():
+@pytest.mark.parametrize("interpolate_field", [False, True])
+def test_bias_field_correction_divides_out_a_smooth_field_inside_the_brain(interpolate_field):
     from refineformer3d.data import BiasFieldCorrectiond
 
     biased, brain, lesion = _biased_brain()
     blank = torch.zeros_like(biased)
     image = MetaTensor(torch.stack([biased, 2 * biased, blank]), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
-    out = BiasFieldCorrectiond("image", shrink_factor=2)({"image": image, "label": "kept"})
+    n4 = BiasFieldCorrectiond("image", shrink_factor=2, interpolate_field=interpolate_field)
+    out = n4({"image": image, "label": "kept"})
     corrected = out["image"]
     assert isinstance(corrected, MetaTensor) and corrected.dtype == torch.float32 and corrected.shape == image.shape
     assert torch.equal(corrected.affine, image.affine) and out["label"] == "kept"
@@ -291,6 +293,21 @@ def test_bias_field_correction_divides_out_a_smooth_field_inside_the_brain():
         assert ratio == pytest.approx(1.8, rel=0.1)
         assert (corrected[c][~brain] == 0).all()
     assert torch.equal(corrected[2], blank), "a blank sequence has nothing to fit and stays as it is"
+
+
+def test_bias_field_interpolated_from_the_fit_grid_is_the_field_evaluated_on_every_voxel():
+    """inference.json's cheap N4: the same fit, its field evaluated on the shrunk grid and interpolated linearly."""
+    from refineformer3d.data import BiasFieldCorrectiond
+
+    biased, brain, _ = _biased_brain()
+    image = MetaTensor(biased[None], affine=torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0])))
+    exact, interpolated = (
+        BiasFieldCorrectiond("image", shrink_factor=4, interpolate_field=i)({"image": image})["image"][0]
+        for i in (False, True)
+    )
+    relative = ((interpolated - exact).abs() / exact.clamp_min(1e-6))[brain]
+    assert float(relative.median()) < 0.01 and float(relative.max()) < 0.1
+    assert not torch.equal(interpolated, exact), "interpolated, not evaluated at every voxel"
 
 
 def test_bias_field_correction_checks_its_arguments_and_the_image():

@@ -5,6 +5,7 @@ Usage::
     python -m refineformer3d.experiments.benchmark --output benchmark   # benchmark/benchmark.md and .json; prints it
     python -m refineformer3d.experiments.benchmark --no-references \
         --models refineformer3d_tiny refineformer3d_small segformer3d
+    python -m refineformer3d.experiments.benchmark --study STUDIES --before_config OLD_inference.json  # per study
     python -m refineformer3d.experiments.benchmark --roi 32 32 32 --volume 64 64 48 --repeats 1 --volume_repeats 1 \
         --onnx
 
@@ -53,6 +54,7 @@ import torch
 import torch.nn as nn
 from torch.utils.benchmark.utils.timer import timer as clock  # synchronises CUDA
 
+from refineformer3d.experiments import study_benchmark
 from refineformer3d.experiments.summary import count_parameters, count_windows, model_factories, network_flops
 from refineformer3d.io import write_atomically
 from refineformer3d.networks import list_models
@@ -839,7 +841,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--steps", type=int, default=5, help="GPU section: timed training steps")
     parser.add_argument("--train_batch", type=int, default=2, help="GPU section: training batch")
+    parser.add_argument(
+        "--study",
+        help="study mode: time per study through the bundle's inference, by stage, on this source (a study, a "
+        "folder of studies or a datalist; see refineformer3d.experiments.study_benchmark)",
+    )
+    study_benchmark.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.study:
+        return study_benchmark.run(args)
     try:
         report = benchmark(
             models=args.models,
