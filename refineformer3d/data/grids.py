@@ -12,7 +12,8 @@ versor rigid transform, Mattes mutual information, initialised by aligning the c
 (the inference default) registers each modality that is not on the reference's grid: modalities written on one grid
 were co-registered by whoever wrote them (BraTS, the preprocessing toolkits), while sequences on their own matrices
 come straight from the scanner, acquired minutes apart, and the head moves between them (TCGA-FG-6692's FLAIR is 13
-degrees and 14 mm off its T1ce), which the headers cannot show.
+degrees and 14 mm off its T1ce), which the headers cannot show. Sequences that barely overlap in world space are not in one frame at all, and are
+still refused unless ``coregister=True``.
 
 Skull stripping: the shipped models expect skull-stripped input, as BraTS is. :func:`skull_strip_warning` looks at
 the reference modality: a skull-stripped scan is zero outside the brain, so (a) most of a BraTS-like field of view
@@ -161,8 +162,9 @@ def check_grids(
     Args:
         studies: entries ``{"image": [flair, t1, t1ce, t2] or one file, "case": name}`` (single 4-D files pass).
         reference_modality: the modality whose grid the others are resampled onto.
-        coregister: ``True`` or ``"auto"``: modalities off the reference's grid will be registered, so only a header
-            that cannot be read is a problem.
+        coregister: ``True``: the modalities will be registered from wherever they are, so only a header that cannot
+            be read is a problem. ``"auto"`` registers the residual head motion between sequences that the headers
+            place in one frame, so a modality that barely overlaps the reference is a problem as with ``False``.
 
     Returns:
         ``studies``, unchanged.
@@ -183,7 +185,7 @@ def check_grids(
             if path == files[index]:
                 continue
             covered = overlap_fraction(reference, read_geometry(path))
-            if covered < MIN_OVERLAP and not coregister:
+            if covered < MIN_OVERLAP and coregister is not True:
                 problems.append(
                     f"study {study['case']}: {DISPLAY[modality]} {Path(path).name} covers {covered:.0%} of the "
                     f"{DISPLAY[reference_modality]} field of view ({Path(files[index]).name}) in world space; the "

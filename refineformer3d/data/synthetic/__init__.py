@@ -36,7 +36,7 @@ cache.
 
 from .cli import main
 from .dataset import ensure_dataset, make_dataset
-from .phantom import MODALITIES, RECIPES, SHIFTS, SyntheticCase, check_recipe, make_case
+from .phantom import MODALITIES, RECIPES, SHIFTS, SyntheticCase, add_head, check_recipe, make_case
 
 __all__ = [
     "MODALITIES",
