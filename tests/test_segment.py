@@ -58,8 +58,9 @@ def test_options_become_inference_json_overrides():
     on = ["--bias_correction", "--coregister", "--skull_strip", "--write_brain_mask"]
     asked = overrides(_parser().parse_args(["-i", "in", "-o", "out", *on]))
     assert all(asked[option.lstrip("-")] is True for option in on)
-    off = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--no-bias_correction", "--no-coregister",
-                                          "--no-skull_strip"]))
+    off = overrides(
+        _parser().parse_args(["-i", "in", "-o", "out", "--no-bias_correction", "--no-coregister", "--no-skull_strip"])
+    )
     assert off["bias_correction"] is False and off["coregister"] is False and off["skull_strip"] is False
     assert "label_scheme" not in plain and "ckpt_path" not in plain, "inference.json's model.pt, classes"
     assert "keep_largest_lesion" not in plain

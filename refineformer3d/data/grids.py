@@ -12,8 +12,8 @@ versor rigid transform, Mattes mutual information, initialised by aligning the c
 (the inference default) registers each modality that is not on the reference's grid: modalities written on one grid
 were co-registered by whoever wrote them (BraTS, the preprocessing toolkits), while sequences on their own matrices
 come straight from the scanner, acquired minutes apart, and the head moves between them (TCGA-FG-6692's FLAIR is 13
-degrees and 14 mm off its T1ce), which the headers cannot show. Sequences that barely overlap in world space are not in one frame at all, and are
-still refused unless ``coregister=True``.
+degrees and 14 mm off its T1ce), which the headers cannot show. Sequences that barely overlap in world space are
+not in one frame at all, and are still refused unless ``coregister=True``.
 
 Skull stripping: the shipped models expect skull-stripped input, as BraTS is. :func:`skull_strip_warning` looks at
 the reference modality: a skull-stripped scan is zero outside the brain, so (a) most of a BraTS-like field of view
@@ -154,9 +154,7 @@ def _reference_index(reference_modality: str) -> int:
     return CHANNELS.index(reference_modality)
 
 
-def check_grids(
-    studies: list[dict], reference_modality: str = "t1ce", coregister: bool | str = False
-) -> list[dict]:
+def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregister: bool | str = False) -> list[dict]:
     """Checks, from the headers, that each study's modalities overlap the reference modality in world space.
 
     Args:
@@ -350,8 +348,9 @@ class LoadStudyd(MapTransform):
 
     Each file keeps its own geometry when read (``LoadImage`` chooses nibabel or ITK by format); every modality not
     on the reference's grid already is resampled onto it in world space (bilinear), or registered onto it first with
-    ``coregister`` (``"auto"``: those not on its grid). The result carries the reference's affine, so inference writes its segmentation on that grid. A
-    single file (a 4-D study) is loaded as ``LoadImaged`` with ``EnsureChannelFirstd`` would.
+    ``coregister`` (``"auto"``: those not on its grid). The result carries the reference's affine, so inference
+    writes its segmentation on that grid. A single file (a 4-D study) is loaded as ``LoadImaged`` with
+    ``EnsureChannelFirstd`` would.
 
     Metadata added for the report and writers: ``study`` (the entry's ``case``), ``modality_files`` (modality ->
     file), ``reference_modality`` and ``skull_strip_warning``.

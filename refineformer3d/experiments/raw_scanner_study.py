@@ -141,8 +141,15 @@ def main(argv: list[str] | None = None) -> dict:
         pre = _load(args.preprocessed_seg)
         pre_ml = abs(float(np.linalg.det(pre.affine.numpy()[:3, :3]))) / 1000.0
         raw_wt, mapped_wt = raw_seg[0].numpy() > 0, mapped > 0
-        raw_brain = _on_grid(MetaTensor(torch.from_numpy(deepbet)[None].float(), meta=dict(t1ce.meta)), raw_seg,
-                             itk_identity(), nearest=True) > 0
+        raw_brain = (
+            _on_grid(
+                MetaTensor(torch.from_numpy(deepbet)[None].float(), meta=dict(t1ce.meta)),
+                raw_seg,
+                itk_identity(),
+                nearest=True,
+            )
+            > 0
+        )
         result["whole_tumour"] = {
             "raw_ml": float(raw_wt.sum()) * raw_ml,
             "preprocessed_ml": float((pre[0].numpy() > 0).sum()) * pre_ml,
@@ -150,9 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
             "dice_on_raw_grid": dice(raw_wt, mapped_wt),
             "raw_voxels_outside_deepbet_mask": int((raw_wt & ~raw_brain).sum()),
             "per_label_ml": {
-                str(v): {"raw": float((raw_seg[0].numpy() == v).sum()) * raw_ml,
-                         "preprocessed": float((pre[0].numpy() == v).sum()) * pre_ml}
-                for v in np.unique(pre[0].numpy()).astype(int) if v
+                str(v): {
+                    "raw": float((raw_seg[0].numpy() == v).sum()) * raw_ml,
+                    "preprocessed": float((pre[0].numpy() == v).sum()) * pre_ml,
+                }
+                for v in np.unique(pre[0].numpy()).astype(int)
+                if v
             },
         }
     text = json.dumps(result, indent=2)

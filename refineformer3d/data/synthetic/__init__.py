@@ -43,6 +43,7 @@ __all__ = [
     "RECIPES",
     "SHIFTS",
     "SyntheticCase",
+    "add_head",
     "check_recipe",
     "make_case",
     "make_dataset",
