@@ -9,7 +9,7 @@ transform (nearest neighbour).
 Usage::
 
     python -m refineformer3d.experiments.raw_scanner_study --raw RAW_STUDY_DIR --brainles BRAINLES_DIR \\
-        [--raw_seg RAW_SEG --preprocessed_seg PREPROCESSED_SEG] [--out result.json]
+        [--raw_seg RAW_SEG --preprocessed_seg PREPROCESSED_SEG [--raw_brain_mask MASK]] [--out result.json]
 
 ``BRAINLES_DIR`` is the BraTS toolkit's output folder (``raw_bet/*_t1c_bet_raw.nii.gz`` and
 ``brain-extraction/atlas_bet_t1c_mask.nii.gz``). The two segmentations are ``refineformer3d-segment``'s of the raw
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--brainles", required=True, type=Path, help="the BraTS toolkit's output folder")
     parser.add_argument("--raw_seg", type=Path, help="segmentation of the raw study (its T1ce grid)")
     parser.add_argument("--preprocessed_seg", type=Path, help="segmentation of the preprocessed study (atlas grid)")
+    parser.add_argument("--raw_brain_mask", type=Path, help="the raw study's brain mask (--write_brain_mask)")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
 
@@ -141,41 +142,32 @@ def main(argv: list[str] | None = None) -> dict:
         pre = _load(args.preprocessed_seg)
         pre_ml = abs(float(np.linalg.det(pre.affine.numpy()[:3, :3]))) / 1000.0
         raw_wt, mapped_wt = raw_seg[0].numpy() > 0, mapped > 0
-        raw_brain = (
-            _on_grid(
-                MetaTensor(torch.from_numpy(deepbet)[None].float(), meta=dict(t1ce.meta)),
-                raw_seg,
-                itk_identity(),
-                nearest=True,
-            )
-            > 0
-        )
+        labels = [int(v) for v in np.unique(pre[0].numpy()) if v]
         result["whole_tumour"] = {
             "raw_ml": float(raw_wt.sum()) * raw_ml,
             "preprocessed_ml": float((pre[0].numpy() > 0).sum()) * pre_ml,
             "preprocessed_on_raw_grid_ml": float(mapped_wt.sum()) * raw_ml,
             "dice_on_raw_grid": dice(raw_wt, mapped_wt),
-            "raw_voxels_outside_deepbet_mask": int((raw_wt & ~raw_brain).sum()),
             "per_label_ml": {
                 str(v): {
                     "raw": float((raw_seg[0].numpy() == v).sum()) * raw_ml,
                     "preprocessed": float((pre[0].numpy() == v).sum()) * pre_ml,
+                    "dice_on_raw_grid": dice(raw_seg[0].numpy() == v, mapped == v),
                 }
-                for v in np.unique(pre[0].numpy()).astype(int)
-                if v
+                for v in labels
             },
         }
+        if args.raw_brain_mask:
+            brain = _load(args.raw_brain_mask)[0].numpy() > 0
+            result["whole_tumour"]["raw_outside_brain_mask_ml"] = float((raw_wt & ~brain).sum()) * raw_ml
+            result["whole_tumour"]["preprocessed_outside_raw_brain_mask_ml"] = (
+                float((mapped_wt & ~brain).sum()) * raw_ml
+            )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
     return result
-
-
-def itk_identity():
-    import itk
-
-    return itk.IdentityTransform[itk.D, 3].New()
 
 
 if __name__ == "__main__":

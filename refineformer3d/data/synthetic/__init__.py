@@ -32,6 +32,9 @@ thickness of anatomy). ``--recipe shifted:bias+slices`` applies only the parts i
 ``noise``, ``bias``, ``slices``), to trace an out-of-distribution loss to its cause. ``--contrast_jitter J``
 randomises the default table per study (training data). None of these changes the default dataset's bytes or its
 cache.
+
+``add_head(case)`` surrounds a case's brain with cerebrospinal fluid, skull, marrow and scalp and fills the air with
+noise, on a padded grid: a study as the scanner exports it, for tests of skull stripping.
 """
 
 from .cli import main
