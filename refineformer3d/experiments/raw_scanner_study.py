@@ -28,7 +28,6 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, Orientation, Spacing
 from scipy import ndimage
-from skimage.filters import threshold_otsu
 
 from refineformer3d.data.brain_extraction import brain_mask
 from refineformer3d.data.grids import register_rigid
@@ -45,7 +44,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def otsu_brain_mask(image: np.ndarray, spacing_mm: float = 1.0, radius_mm: float = 6.0) -> np.ndarray:
     """The classical alternative: Otsu's threshold, an opening-like erosion that cuts the brain from the scalp at
     the skull, the largest component, the dilation back and holes filled."""
-    foreground = image > threshold_otsu(image[image > 0])
+    import SimpleITK as sitk
+
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetMaskValue(1)
+    otsu.Execute(sitk.GetImageFromArray(image), sitk.GetImageFromArray((image > 0).astype(np.uint8)))
+    foreground = image > otsu.GetThreshold()
     ball = _ball(max(1, round(radius_mm / spacing_mm)))
     core = ndimage.binary_erosion(foreground, structure=ball)
     labels, count = ndimage.label(core)
