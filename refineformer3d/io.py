@@ -6,13 +6,14 @@ They sit below both (``refineformer3d.data`` never imports the inference writers
 from __future__ import annotations
 
 import os
+import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from filelock import FileLock
 
-__all__ = ["file_lock", "settings_folder", "write_atomically"]
+__all__ = ["file_lock", "partial_files", "settings_folder", "write_atomically"]
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
@@ -31,7 +32,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    suffix = _suffix(path.name)
     # A fresh name rather than mkstemp, which would make the file private (0600) instead of following the umask.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
     try:
@@ -41,6 +42,37 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) ->
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _suffix(name: str) -> str:
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def partial_files(folder: str | os.PathLike, names: Sequence[str] | None = None) -> list[Path]:
+    """The temporary files in ``folder`` that :func:`write_atomically` leaves when its process is killed mid-write.
+
+    A kill (SIGKILL, a job's time limit, a lost node) skips the cleanup that an exception runs; such a file is hidden
+    and never looks like a result, but it holds disk space until removed.
+
+    Args:
+        folder: where to look.
+        names: the files whose temporary files to find (``case_seg.nii.gz``); None for those of any file. A process
+            that shares the folder with others passes its own files' names, so that it never removes a file that
+            another process is writing.
+
+    Returns:
+        The temporary files found, sorted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    wanted = None if names is None else set(names)
+    found = []
+    for path in folder.glob(".*"):
+        match = re.fullmatch(r"\.(.+)\.[0-9a-f]{12}(.*)", path.name)
+        if match and match[2] == _suffix(match[1]) and (wanted is None or match[1] in wanted) and path.is_file():
+            found.append(path)
+    return sorted(found)
 
 
 def file_lock(path: str | os.PathLike) -> FileLock:

@@ -5,7 +5,8 @@ Usage::
     refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--regions] [--multifocal] [--model MODEL.pt]
         [--png] [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce]
         [--coregister | --no-coregister] [--skull_strip | --no-skull_strip] [--write_brain_mask]
-        [--bias_correction | --no-bias_correction] [--modality t1ce=FILE ...] [--debug]
+        [--bias_correction | --no-bias_correction] [--modality t1ce=FILE ...] [--num_parts N --part_id I]
+        [--resume] [--summary] [--debug]
 
 The input is anything ``inference.json``'s ``dataset_dir`` takes: one study folder in any naming (BraTS, BIDS, plain
 names; NIfTI, NRRD, MetaImage or one sub-folder per DICOM series), a folder of studies, a dataset, a datalist JSON or
@@ -57,6 +58,14 @@ def overrides(args: argparse.Namespace) -> dict:
     for option in ("bias_correction", "coregister", "skull_strip"):
         if getattr(args, option) is not None:
             values[option] = getattr(args, option)
+    if (args.num_parts is None) != (args.part_id is None):
+        raise ValueError("--num_parts and --part_id go together (a job array: --num_parts N --part_id $TASK_ID)")
+    if args.num_parts is not None:
+        values["num_parts"], values["part_id"] = args.num_parts, args.part_id
+    if args.resume:
+        values["resume"] = True
+    if args.summary:
+        values["write_summary"] = True
     if args.device:
         values["device"] = f"$torch.device({args.device!r})"
     if args.multifocal:
@@ -119,6 +128,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--modality", action="append", default=[], metavar="MODALITY=FILE", help="map a file to a modality (repeat)"
+    )
+    parser.add_argument(
+        "--num_parts", type=int, help="share the studies among N jobs (a job array): this job segments one share"
+    )
+    parser.add_argument("--part_id", type=int, help="which share, 0 .. N-1 (with --num_parts)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="complete an earlier run: studies whose outputs exist are found done, not redone",
+    )
+    parser.add_argument(
+        "--summary", action="store_true", help="write cohort_summary.csv and .json (one row per study) in the output"
     )
     parser.add_argument("--bundle_dir", default=str(BUNDLE), help="the bundle (configs/inference.json) to run")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

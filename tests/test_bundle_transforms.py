@@ -136,6 +136,7 @@ def test_augment_overlay_adds_its_transforms_after_the_crop(tiny_brats, overlays
         "RandAdjustContrastd",
         "RandHistogramShiftd",
         "RandGaussianNoised",
+        "RandDropSequenced",
     ]
     assert names[crop + 1 : crop + 1 + len(added)] == added and names[crop + 1 + len(added)] == "RandFlipd"
     # Every transform applied, whatever the draw: probabilities 1.

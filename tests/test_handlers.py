@@ -20,12 +20,14 @@ from monai.transforms import Compose, RandFlipd, RandSpatialCropd
 from refineformer3d.data import InputError
 from refineformer3d.handlers import (
     AtomicCheckpointSaver,
+    AtomicDiskSaver,
     BestMetricState,
     RandomStates,
     StopOnNonFiniteLoss,
     WeightsOnlyCheckpointLoader,
     checkpoint_objects,
 )
+from refineformer3d.io import partial_files
 
 
 def _save_until_killed(folder: str, saver_class, ready) -> None:
@@ -68,6 +70,11 @@ def test_a_kill_inside_a_checkpoint_save_leaves_the_previous_checkpoint(tmp_path
     assert saved == ["checkpoint_epoch=1.pt"]
     state = torch.load(tmp_path / "checkpoint_epoch=1.pt", weights_only=True)
     assert set(state) == {"model", "optimizer"}
+    # The kill left the half-written file under its hidden temporary name; the next run's saver removes it.
+    (partial,) = partial_files(tmp_path)
+    assert partial.name.startswith(".checkpoint_epoch=2.pt.")
+    AtomicCheckpointSaver(str(tmp_path), save_dict={"model": torch.nn.Linear(1, 1)}, save_interval=1)
+    assert partial_files(tmp_path) == [] and (tmp_path / "checkpoint_epoch=1.pt").exists()
 
 
 def _trainer(data, amp=False, scaler=None):
@@ -131,6 +138,35 @@ def test_checkpoint_objects_hold_the_grad_scaler_only_when_amp_has_one():
         assert objects["model"] is network and objects["trainer"] is trainer
         assert isinstance(objects["random_states"], RandomStates)
         assert isinstance(objects["best_metric"], BestMetricState)
+
+
+def test_the_grad_scaler_state_is_saved_and_restored_into_the_scaler_a_resumed_run_makes(tmp_path):
+    """MONAI's trainer makes its GradScaler when run() starts, after the config built the checkpoint's objects."""
+    evaluator = Engine(lambda e, b: None)
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 0.5, 1
+    trainer, network = _trainer(_batches(nan_at=-1), amp=True)
+    schedule = torch.optim.lr_scheduler.StepLR(trainer.optimizer, 1)
+    objects = checkpoint_objects(network, trainer.optimizer, schedule, trainer, Compose([]), evaluator, [])
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=512.0)  # what run() does, with a scale reached later
+    trainer.scaler.scale(torch.ones(()))
+    trainer.scaler.update(1024.0)
+    trainer.state.iteration = 3
+    saved = {key: value.state_dict() for key, value in objects.items()}
+    AtomicDiskSaver(tmp_path, "checkpoint.pt")(saved, "checkpoint.pt")
+
+    resumed, network = _trainer(_batches(nan_at=-1), amp=True)
+    schedule = torch.optim.lr_scheduler.StepLR(resumed.optimizer, 1)
+    objects = checkpoint_objects(network, resumed.optimizer, schedule, resumed, Compose([]), evaluator, [])
+    resumed.scaler = torch.amp.GradScaler("cpu")  # a fresh one at 65536
+    WeightsOnlyCheckpointLoader(str(tmp_path / "checkpoint.pt"), objects)(resumed)
+    assert resumed.scaler.get_scale() == 1024.0 and resumed.scaler.state_dict() == trainer.scaler.state_dict()
+    # A disabled scaler (AMP asked for on a CPU) saves an empty state; loaded into an enabled one, it changes nothing.
+    resumed.scaler = torch.amp.GradScaler("cpu", enabled=False)
+    empty = objects["scaler"].state_dict()
+    assert empty == {}
+    resumed.scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    objects["scaler"].load_state_dict(empty)
+    assert resumed.scaler.get_scale() == 256.0
 
 
 def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):

@@ -69,6 +69,12 @@ def test_options_become_inference_json_overrides():
     assert regions["label_scheme"] == "regions" and regions["ckpt_path"].endswith("b/models/model_regions.pt")
     own = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--regions", "--model", "mine.pt"]))
     assert own["label_scheme"] == "regions" and own["ckpt_path"].endswith("mine.pt")
+    assert not {"num_parts", "part_id", "resume", "write_summary"} & set(plain), "a single run: inference.json's own"
+    shard = ["-i", "in", "-o", "out", "--num_parts", "4", "--part_id", "3", "--resume", "--summary"]
+    assert {k: v for k, v in overrides(_parser().parse_args(shard)).items() if k in ("num_parts", "part_id", "resume",
+            "write_summary")} == {"num_parts": 4, "part_id": 3, "resume": True, "write_summary": True}  # fmt: skip
+    with pytest.raises(ValueError, match="--num_parts and --part_id go together"):
+        overrides(_parser().parse_args(["-i", "in", "-o", "out", "--part_id", "1"]))
 
 
 def test_input_problems_are_one_line_exit_2_and_write_nothing(small_case, tmp_path, capsys):
