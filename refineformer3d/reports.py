@@ -212,7 +212,8 @@ class StudyReportSaver:
 
     The report (JSON) holds the study name, the input files (modality -> file for a study loaded by
     :class:`~refineformer3d.data.LoadStudyd`, else the file ``LoadImage`` recorded), the reference modality and grid
-    (shape, spacing, RAS affine) the segmentation is written on, warnings (a study that looks not skull-stripped),
+    (shape, spacing, RAS affine) the segmentation is written on, warnings (a study that looks not skull-stripped and
+    was not stripped), how it was skull-stripped (``skull_strip``: method, ``"none"`` or deepbet's version, and why),
     the segmentation's path, the label scheme and label names, the voxel volume and the
     volume of each label and each region in mL (voxel counts of the label map on the input grid, so of the written
     file), the run time (``runtime_s``, explained in ``runtime_covers``), the device, the model version and a line
@@ -341,6 +342,11 @@ class StudyReportSaver:
         else:
             input_files = [str(s) for s in (sources if isinstance(sources, (list, tuple)) else [sources]) if s]
         affine = np.asarray(pred.affine, dtype=np.float64)
+        skull_strip = {
+            "method": str(pred.meta.get("skull_strip", "none")),
+            "reason": str(pred.meta.get("skull_strip_reason", "")),
+        }
+        stripped = skull_strip["method"] != "none"
         report = {
             "study": study,
             "input_files": input_files,
@@ -350,7 +356,9 @@ class StudyReportSaver:
                 "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
                 "affine_ras": affine.tolist(),
             },
-            "warnings": [w for w in [pred.meta.get("skull_strip_warning")] if w],
+            # A study that was skull-stripped is no longer one that "looks not skull-stripped".
+            "warnings": [w for w in [pred.meta.get("skull_strip_warning")] if w and not stripped],
+            "skull_strip": skull_strip,
             "segmentation": str(saved_to) if saved_to else None,
             "png": str(png) if self.write_png else None,
             "label_scheme": self.label_scheme,

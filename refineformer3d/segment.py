@@ -3,7 +3,8 @@
 Usage::
 
     refineformer3d-segment -i STUDY_OR_FOLDER -o OUT [--device cpu] [--regions] [--multifocal] [--model MODEL.pt]
-        [--png] [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce] [--coregister]
+        [--png] [--report] [--output_format nifti|nrrd|dicom-seg] [--reference_modality t1ce]
+        [--coregister | --no-coregister] [--skull_strip | --no-skull_strip] [--write_brain_mask]
         [--bias_correction | --no-bias_correction] [--modality t1ce=FILE ...] [--num_parts N --part_id I]
         [--resume] [--summary] [--debug]
 
@@ -49,11 +50,14 @@ def overrides(args: argparse.Namespace) -> dict:
         "write_report": bool(args.report),
         "output_format": args.output_format,
         "reference_modality": args.reference_modality,
-        "coregister": bool(args.coregister),
         "modality_files": _mapping(args.modality),
     }
-    if args.bias_correction is not None:
-        values["bias_correction"] = args.bias_correction
+    if args.write_brain_mask:
+        values["write_brain_mask"] = True
+    # Unset, these three keep the bundle's defaults (coregister and skull_strip: "auto", decided per study).
+    for option in ("bias_correction", "coregister", "skull_strip"):
+        if getattr(args, option) is not None:
+            values[option] = getattr(args, option)
     if (args.num_parts is None) != (args.part_id is None):
         raise ValueError("--num_parts and --part_id go together (a job array: --num_parts N --part_id $TASK_ID)")
     if args.num_parts is not None:
@@ -99,7 +103,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", action="store_true", help="write <study>_report.json (inputs, grid, volumes)")
     parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="nifti")
     parser.add_argument("--reference_modality", choices=MODALITIES, default="t1ce", help="grid of the output")
-    parser.add_argument("--coregister", action="store_true", help="rigidly register each modality to the reference")
+    parser.add_argument(
+        "--coregister",
+        action=argparse.BooleanOptionalAction,
+        help="rigidly register each modality to the reference (default: auto, each modality not on the reference's "
+        "grid, as sequences straight from the scanner are)",
+    )
+    parser.add_argument(
+        "--skull_strip",
+        action=argparse.BooleanOptionalAction,
+        help="skull-strip the reference modality with deepbet and mask every modality (default: auto, a study that "
+        "looks not skull-stripped)",
+    )
+    parser.add_argument(
+        "--write_brain_mask",
+        action="store_true",
+        help="write <study>_brain_mask.nii.gz beside the segmentation (the segmentation is always inside it)",
+    )
     parser.add_argument(
         "--bias_correction",
         action=argparse.BooleanOptionalAction,

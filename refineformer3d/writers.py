@@ -289,11 +289,14 @@ def output_extension(output_format: str = "nifti") -> str:
     return OUTPUT_FORMATS[output_format]
 
 
-def output_names(output_format: str = "nifti", write_png: bool = False, write_report: bool = False) -> list[str]:
-    """The files inference writes per study, ``{study}`` standing for its name: the segmentation, then the PNG and
-    the JSON report when asked (see :class:`~refineformer3d.reports.StudyReportSaver`)."""
+def output_names(
+    output_format: str = "nifti", write_png: bool = False, write_report: bool = False, write_brain_mask: bool = False
+) -> list[str]:
+    """The files inference writes per study, ``{study}`` standing for its name: the segmentation, then the PNG, the
+    JSON report (see :class:`~refineformer3d.reports.StudyReportSaver`) and the brain mask when asked."""
     return (
         [f"{{study}}_seg{output_extension(output_format)}"]
         + (["{study}_seg.png"] if write_png else [])
         + (["{study}_report.json"] if write_report else [])
+        + (["{study}_brain_mask.nii.gz"] if write_brain_mask else [])
     )

@@ -104,8 +104,12 @@ def test_modalities_that_do_not_overlap_are_named_before_anything_is_read(case, 
     assert exited.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(message)
     assert not (tmp_path / "out").exists()
-    # Opting in to co-registration lets it through to registration.
+    # Opting in to co-registration lets it through to registration; "auto" registers only head motion, and refuses.
     assert check_grids(find_studies(folder), coregister=True)
+    with pytest.raises(ValueError, match="covers 0%"):
+        check_grids(find_studies(folder), coregister="auto")
+    with pytest.raises(ValueError, match="coregister must be auto, true or false, got 'yes'"):
+        check_grids(find_studies(folder), coregister="yes")
 
 
 def test_overlap_fraction_and_header_geometry(case, tmp_path):
@@ -130,7 +134,7 @@ def test_unstripped_looking_scans_are_flagged(case):
     assert "looks not skull-stripped" in skull_strip_warning(big, np.eye(4))
 
 
-@pytest.mark.slow  # about 25 s: three registrations
+@pytest.mark.slow  # about 35 s: four registrations
 def test_opt_in_rigid_coregistration_recovers_a_rotated_and_shifted_t2(case, reference, tmp_path):
     folder = named(
         tmp_path / "mystudy", {m: f"{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")}, case.images, case.affine
@@ -144,3 +148,7 @@ def test_opt_in_rigid_coregistration_recovers_a_rotated_and_shifted_t2(case, ref
     error_registered = np.abs(registered - truth)[brain].mean()
     assert error_registered < 0.5 * error_moved
     assert np.corrcoef(registered[brain], truth[brain])[0, 1] > 0.9
+    # coregister "auto" (inference's default) registers the T2, on a grid of its own, and takes the others as they are.
+    automatic = load(folder, coregister="auto").numpy()
+    np.testing.assert_array_equal(automatic[:3], reference[:3].numpy())
+    assert np.abs(automatic[3] - truth)[brain].mean() < 0.5 * error_moved

@@ -53,12 +53,15 @@ def test_options_become_inference_json_overrides():
     from refineformer3d.segment import _parser, overrides
 
     plain = overrides(_parser().parse_args(["-i", "in", "-o", "out"]))
-    assert plain["coregister"] is False
-    assert "bias_correction" not in plain, "inference.json's own default (on) applies"
-    asked = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--bias_correction", "--coregister"]))
-    assert asked["bias_correction"] is True and asked["coregister"] is True
-    off = overrides(_parser().parse_args(["-i", "in", "-o", "out", "--no-bias_correction"]))
-    assert off["bias_correction"] is False
+    for option in ("bias_correction", "coregister", "skull_strip", "write_brain_mask"):
+        assert option not in plain, f"inference.json's own default of {option} applies"
+    on = ["--bias_correction", "--coregister", "--skull_strip", "--write_brain_mask"]
+    asked = overrides(_parser().parse_args(["-i", "in", "-o", "out", *on]))
+    assert all(asked[option.lstrip("-")] is True for option in on)
+    off = overrides(
+        _parser().parse_args(["-i", "in", "-o", "out", "--no-bias_correction", "--no-coregister", "--no-skull_strip"])
+    )
+    assert off["bias_correction"] is False and off["coregister"] is False and off["skull_strip"] is False
     assert "label_scheme" not in plain and "ckpt_path" not in plain, "inference.json's model.pt, classes"
     assert "keep_largest_lesion" not in plain
     assert overrides(_parser().parse_args(["-i", "in", "-o", "out", "--multifocal"]))["keep_largest_lesion"] is False

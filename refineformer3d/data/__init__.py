@@ -35,6 +35,7 @@ _EXPORTS = {
     "ensure_dataset": "synthetic",
     "make_case": "synthetic",
     "make_dataset": "synthetic",
+    "SkullStripd": "brain_extraction",
     "BiasFieldCorrectiond": "transforms",
     "BratsLabelsFromPredictiond": "transforms",
     "ConvertBratsLabelsd": "transforms",
@@ -47,6 +48,7 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .brain_extraction import SkullStripd  # noqa: F401
     from .datalist import (  # noqa: F401
         CHANNELS,
         LABEL_CONVENTIONS,

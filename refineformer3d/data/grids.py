@@ -8,7 +8,12 @@ the reference's grid already is taken as it is, so a co-registered BraTS study l
 
 Modalities that barely overlap in world space were not co-registered: :func:`check_grids` names them before any
 image is read. ``coregister=True`` registers each modality rigidly onto the reference first (ITK's v4 registration,
-versor rigid transform, Mattes mutual information, initialised by aligning the centres of mass).
+versor rigid transform, Mattes mutual information, initialised by aligning the centres of mass). ``coregister="auto"``
+(the inference default) registers each modality that is not on the reference's grid: modalities written on one grid
+were co-registered by whoever wrote them (BraTS, the preprocessing toolkits), while sequences on their own matrices
+come straight from the scanner, acquired minutes apart, and the head moves between them (TCGA-FG-6692's FLAIR is 13
+degrees and 14 mm off its T1ce), which the headers cannot show. Sequences that barely overlap in world space are
+not in one frame at all, and are still refused unless ``coregister=True``.
 
 Skull stripping: the shipped models expect skull-stripped input, as BraTS is. :func:`skull_strip_warning` looks at
 the reference modality: a skull-stripped scan is zero outside the brain, so (a) most of a BraTS-like field of view
@@ -43,6 +48,7 @@ __all__ = [
     "InputError",
     "LoadStudyd",
     "check_grids",
+    "auto_bool",
     "check_output_format",
     "overlap_fraction",
     "read_geometry",
@@ -148,13 +154,15 @@ def _reference_index(reference_modality: str) -> int:
     return CHANNELS.index(reference_modality)
 
 
-def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregister: bool = False) -> list[dict]:
+def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregister: bool | str = False) -> list[dict]:
     """Checks, from the headers, that each study's modalities overlap the reference modality in world space.
 
     Args:
         studies: entries ``{"image": [flair, t1, t1ce, t2] or one file, "case": name}`` (single 4-D files pass).
         reference_modality: the modality whose grid the others are resampled onto.
-        coregister: the modalities will be registered, so only a header that cannot be read is a problem.
+        coregister: ``True``: the modalities will be registered from wherever they are, so only a header that cannot
+            be read is a problem. ``"auto"`` registers the residual head motion between sequences that the headers
+            place in one frame, so a modality that barely overlaps the reference is a problem as with ``False``.
 
     Returns:
         ``studies``, unchanged.
@@ -164,6 +172,7 @@ def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregiste
             view it covers, when below :data:`MIN_OVERLAP`.
     """
     index = _reference_index(reference_modality)
+    coregister = auto_bool(coregister, "coregister")
     problems = []
     for study in studies:
         files = study["image"]
@@ -174,7 +183,7 @@ def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregiste
             if path == files[index]:
                 continue
             covered = overlap_fraction(reference, read_geometry(path))
-            if covered < MIN_OVERLAP and not coregister:
+            if covered < MIN_OVERLAP and coregister is not True:
                 problems.append(
                     f"study {study['case']}: {DISPLAY[modality]} {Path(path).name} covers {covered:.0%} of the "
                     f"{DISPLAY[reference_modality]} field of view ({Path(files[index]).name}) in world space; the "
@@ -227,8 +236,24 @@ def skull_strip_warning(image: torch.Tensor | np.ndarray, affine: np.ndarray) ->
     return ""
 
 
-def register_rigid(fixed: MetaTensor, moving: MetaTensor, iterations: int = 200) -> MetaTensor:
-    """``moving`` rigidly registered onto ``fixed`` and resampled onto its grid (1, X, Y, Z).
+def auto_bool(value: bool | str, name: str) -> bool | str:
+    """``"auto"``, ``True`` or ``False`` from a config or command-line value (``"true"``/``"false"`` strings too),
+    for the options that are on, off or decided per study.
+
+    Raises:
+        ValueError: naming the option, for anything else.
+    """
+    if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[value.lower()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be auto, true or false, got {value!r}")
+
+
+def register_rigid(fixed: MetaTensor, moving: MetaTensor, iterations: int = 200, return_transform: bool = False):
+    """``moving`` rigidly registered onto ``fixed`` and resampled onto its grid (1, X, Y, Z); with
+    ``return_transform`` also ITK's transform (fixed's LPS world to moving's), to map other images of ``moving``'s
+    space the same way.
 
     ITK's ``ImageRegistrationMethodv4`` with a ``VersorRigid3DTransform`` (rotation and translation), Mattes mutual
     information (the modalities differ in contrast) and a centre-of-mass initialisation, coarse to fine.
@@ -279,7 +304,8 @@ def register_rigid(fixed: MetaTensor, moving: MetaTensor, iterations: int = 200)
         default_pixel_value=0.0,
     )
     out = itk_image_to_metatensor(resampled, channel_dim=None, dtype=torch.float32)
-    return MetaTensor(out.as_tensor().reshape(fixed.shape), meta=dict(fixed.meta))
+    registered = MetaTensor(out.as_tensor().reshape(fixed.shape), meta=dict(fixed.meta))
+    return (registered, registration.GetTransform()) if return_transform else registered
 
 
 class DicomFileSeriesReader(ITKReader):
@@ -322,8 +348,9 @@ class LoadStudyd(MapTransform):
 
     Each file keeps its own geometry when read (``LoadImage`` chooses nibabel or ITK by format); every modality not
     on the reference's grid already is resampled onto it in world space (bilinear), or registered onto it first with
-    ``coregister``. The result carries the reference's affine, so inference writes its segmentation on that grid. A
-    single file (a 4-D study) is loaded as ``LoadImaged`` with ``EnsureChannelFirstd`` would.
+    ``coregister`` (``"auto"``: those not on its grid). The result carries the reference's affine, so inference
+    writes its segmentation on that grid. A single file (a 4-D study) is loaded as ``LoadImaged`` with
+    ``EnsureChannelFirstd`` would.
 
     Metadata added for the report and writers: ``study`` (the entry's ``case``), ``modality_files`` (modality ->
     file), ``reference_modality`` and ``skull_strip_warning``.
@@ -331,7 +358,8 @@ class LoadStudyd(MapTransform):
     Args:
         keys: the image key; its value is four paths in FLAIR, T1, T1ce, T2 order, or one path.
         reference_modality: ``"t1ce"`` (default), ``"flair"``, ``"t1"`` or ``"t2"``.
-        coregister: rigidly register each modality onto the reference before resampling.
+        coregister: rigidly register each modality onto the reference before resampling: ``True``, ``False`` or
+            ``"auto"`` (each modality not on the reference's grid; see the module's notes).
         mode: interpolation of the resampling.
         case_key: the entry's study name.
         allow_missing_keys: don't raise for missing keys.
@@ -344,7 +372,7 @@ class LoadStudyd(MapTransform):
         self,
         keys: KeysCollection,
         reference_modality: str = "t1ce",
-        coregister: bool = False,
+        coregister: bool | str = False,
         mode: str = "bilinear",
         case_key: str = "case",
         allow_missing_keys: bool = False,
@@ -352,7 +380,7 @@ class LoadStudyd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.reference = _reference_index(reference_modality)
         self.reference_modality = reference_modality
-        self.coregister = bool(coregister)
+        self.coregister = auto_bool(coregister, "coregister")
         self.case_key = case_key
         # Chosen by format among these two (the last that can read a file wins: nibabel for NIfTI, ITK for DICOM
         # series (a folder or one of its files), NRRD and MetaImage); naming them keeps MONAI from also trying its
@@ -395,8 +423,11 @@ class LoadStudyd(MapTransform):
                 # background, which the crop and the non-zero normalisation take for brain.
                 oriented = self.orient(image)
                 image = oriented if _same_grid(oriented, reference) else image
-            if not _same_grid(image, reference) or (self.coregister and image is not reference):
-                if self.coregister and image is not reference:
+            register = image is not reference and (
+                self.coregister is True or (self.coregister == "auto" and not _same_grid(image, reference))
+            )
+            if register or not _same_grid(image, reference):
+                if register:
                     logger.info(
                         "study %s: registering %s onto %s", study, DISPLAY[modality], DISPLAY[self.reference_modality]
                     )
@@ -410,8 +441,6 @@ class LoadStudyd(MapTransform):
         meta["study"] = name
         meta["modality_files"] = dict(zip(CHANNELS, files))
         meta["reference_modality"] = self.reference_modality
-        warning = skull_strip_warning(reference.as_tensor()[0].numpy(), reference.affine.numpy())
-        if warning:
-            logger.warning("study %s: %s %s", name, DISPLAY[self.reference_modality], warning)
-        meta["skull_strip_warning"] = warning
+        # Logged by SkullStripd, which strips such a study unless told not to.
+        meta["skull_strip_warning"] = skull_strip_warning(reference.as_tensor()[0].numpy(), reference.affine.numpy())
         return MetaTensor(torch.cat(channels, dim=0), meta=meta)

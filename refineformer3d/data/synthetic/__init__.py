@@ -32,17 +32,21 @@ thickness of anatomy). ``--recipe shifted:bias+slices`` applies only the parts i
 ``noise``, ``bias``, ``slices``), to trace an out-of-distribution loss to its cause. ``--contrast_jitter J``
 randomises the default table per study (training data). None of these changes the default dataset's bytes or its
 cache.
+
+``add_head(case)`` surrounds a case's brain with cerebrospinal fluid, skull, marrow and scalp and fills the air with
+noise, on a padded grid: a study as the scanner exports it, for tests of skull stripping.
 """
 
 from .cli import main
 from .dataset import ensure_dataset, make_dataset
-from .phantom import MODALITIES, RECIPES, SHIFTS, SyntheticCase, check_recipe, make_case
+from .phantom import MODALITIES, RECIPES, SHIFTS, SyntheticCase, add_head, check_recipe, make_case
 
 __all__ = [
     "MODALITIES",
     "RECIPES",
     "SHIFTS",
     "SyntheticCase",
+    "add_head",
     "check_recipe",
     "make_case",
     "make_dataset",

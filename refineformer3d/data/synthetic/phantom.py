@@ -527,3 +527,67 @@ def make_case(
     return SyntheticCase(
         name=name, grade=grade, images=images, label=label, tissue=tissue, affine=_output_affine(shape)
     )
+
+
+# The layers of a head outside the brain, inside out: (outer edge in mm from the brain surface, signal relative to
+# white matter in FLAIR, T1, T1ce, T2). Cerebrospinal fluid, the skull's inner table (cortical bone: no signal), the
+# diploe (fatty marrow: bright on T1), the outer table, then the scalp (fat and muscle). Rough 1.5 T spin-echo levels;
+# what matters for skull stripping is bright tissue outside a dark ring, as on a real scan.
+_HEAD_LAYERS = (
+    (2.5, (0.30, 0.30, 0.32, 2.60)),
+    (4.5, (0.04, 0.04, 0.04, 0.04)),
+    (8.0, (1.05, 1.30, 1.30, 0.95)),
+    (10.0, (0.04, 0.04, 0.04, 0.04)),
+    (16.0, (1.10, 1.25, 1.30, 1.05)),
+)
+_BACKGROUND_NOISE = 0.02  # relative to white matter: the air around a head is noise, not zero
+
+
+def add_head(case: SyntheticCase, seed: int = 0) -> SyntheticCase:
+    """``case`` with cerebrospinal fluid, skull and scalp around its brain and noise in the air, as a scanner exports
+    a study before skull stripping, on a grid padded by the head's thickness (the affine moves to match).
+
+    The layers (:data:`_HEAD_LAYERS`) follow the brain's outline at fixed distances in mm of anatomy (times
+    :func:`grid_scale`, as the brain is scaled down on small grids); each modality's level is scaled by its own
+    white-matter level. Label and tissue maps are padded with zeros: the brain is still ``tissue > 0`` or
+    ``label > 0``.
+
+    Args:
+        case: a study from :func:`make_case` (zero outside the brain).
+        seed: the noise's seed.
+
+    Returns:
+        A new :class:`SyntheticCase` with the same name.
+    """
+    rng = np.random.default_rng([seed, 2])
+    brain_shape = case.images.shape[1:]
+    scale = grid_scale(brain_shape)
+    pad = int(np.ceil(_HEAD_LAYERS[-1][0] * scale)) + 2
+    brain = np.pad(case.images[2] > 0, pad)
+    outside_mm = ndimage.distance_transform_edt(~brain) / scale
+    white = (case.tissue == 3) & (case.label == 0)
+    images = np.pad(case.images, ((0, 0), (pad, pad), (pad, pad), (pad, pad))).astype(np.float32)
+    inner = 0.0
+    for outer, levels in _HEAD_LAYERS:
+        layer = ~brain & (outside_mm > inner) & (outside_mm <= outer)
+        for m in range(4):
+            images[m][layer] = levels[m] * float(np.median(case.images[m][white]))
+        inner = outer
+    for m in range(4):
+        wm = float(np.median(case.images[m][white]))
+        outside = ~brain
+        # Rician noise over everything outside the brain: magnitude of the signal plus complex Gaussian noise.
+        sigma = _BACKGROUND_NOISE * wm
+        real = images[m][outside] + sigma * rng.standard_normal(int(outside.sum()), dtype=np.float32)
+        imaginary = sigma * rng.standard_normal(real.shape, dtype=np.float32)
+        images[m][outside] = np.hypot(real, imaginary)
+    affine = case.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, float(pad))
+    return SyntheticCase(
+        name=case.name,
+        grade=case.grade,
+        images=np.clip(np.rint(images), 0, np.iinfo(np.int16).max).astype(np.int16),
+        label=np.pad(case.label, pad),
+        tissue=np.pad(case.tissue, pad),
+        affine=affine,
+    )
