@@ -203,6 +203,16 @@ def render_overview(
     return fig
 
 
+def _missing_warning(meta: Mapping) -> str:
+    missing = [str(m) for m in meta.get("missing_sequences") or []]
+    if not missing:
+        return ""
+    return (
+        f"no {', '.join(missing)}: segmented with the value of a sequence dropped in training in their place; "
+        "expect a lower Dice (see the model card)"
+    )
+
+
 class StudyReportSaver:
     """Writes ``<study>_seg.png`` and/or ``<study>_report.json`` beside each segmentation of an inference run.
 
@@ -212,7 +222,8 @@ class StudyReportSaver:
 
     The report (JSON) holds the study name, the input files (modality -> file for a study loaded by
     :class:`~refineformer3d.data.LoadStudyd`, else the file ``LoadImage`` recorded), the reference modality and grid
-    (shape, spacing, RAS affine) the segmentation is written on, warnings (a study that looks not skull-stripped),
+    (shape, spacing, RAS affine) the segmentation is written on, the sequences the study lacks
+    (``missing_sequences``), warnings (a study that looks not skull-stripped, a missing sequence),
     the segmentation's path, the label scheme and label names, the voxel volume and the
     volume of each label and each region in mL (voxel counts of the label map on the input grid, so of the written
     file), the run time (``runtime_s``, explained in ``runtime_covers``), the device, the model version and a line
@@ -350,7 +361,8 @@ class StudyReportSaver:
                 "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
                 "affine_ras": affine.tolist(),
             },
-            "warnings": [w for w in [pred.meta.get("skull_strip_warning")] if w],
+            "missing_sequences": [str(m) for m in pred.meta.get("missing_sequences") or []],
+            "warnings": [w for w in [pred.meta.get("skull_strip_warning"), _missing_warning(pred.meta)] if w],
             "segmentation": str(saved_to) if saved_to else None,
             "png": str(png) if self.write_png else None,
             "label_scheme": self.label_scheme,
