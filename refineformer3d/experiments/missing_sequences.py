@@ -176,9 +176,9 @@ def _fold_cases(path: Path) -> list[dict]:
 
 
 def _dataset_cases(folder: Path) -> list[dict]:
-    from refineformer3d.data.datalist import build_datalist
+    from refineformer3d.data.datalist import load_datalist
 
-    datalist = build_datalist(folder, val_fraction=0.0, test_fraction=0.0, verify=False)
+    datalist = load_datalist(folder, val_fraction=0.0, test_fraction=0.0, verify=False)  # absolute paths
     return [e for split in ("training", "validation", "testing") for e in datalist[split] if "label" in e]
 
 
