@@ -182,13 +182,14 @@ def _dataset_cases(folder: Path) -> list[dict]:
     return [e for split in ("training", "validation", "testing") for e in datalist[split] if "label" in e]
 
 
-def _synthetic_cases(count: int, folder: Path, seed: int) -> list[dict]:
-    """Held-out synthetic studies (the generator's validation stream, which training never draws) at BraTS size."""
+def _synthetic_cases(count: int, folder: Path, seed: int, shape: Sequence[int] | None = None) -> list[dict]:
+    """Held-out synthetic studies (the generator's validation stream, which training never draws), at ``shape``
+    (default BraTS's 240 x 240 x 155)."""
     from refineformer3d.data import make_case
 
     cases = []
     for index in range(1, count + 1):
-        case = make_case(seed=seed, index=index, validation=True)
+        case = make_case(seed=seed, index=index, validation=True, **({"shape": shape} if shape else {}))
         files = []
         for modality, image in zip(CHANNELS, case.images):
             path = folder / f"{case.name}_{modality}.nii.gz"
@@ -232,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoints", nargs="+", required=True, help="one per fold, or one")
     parser.add_argument("--output", required=True, help="JSON to write")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: the generator's seed")
+    parser.add_argument("--shape", type=int, nargs=3, help="synthetic: the grid (default BraTS's 240 240 155)")
     parser.add_argument("--limit", type=int, help="at most this many cases (per fold)")
     parser.add_argument("--check_case", choices=CHANNELS, help="only compare with refineformer3d-segment on one case")
     parser.add_argument("--device", default="cpu")
@@ -248,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.dataset:
             groups = [(_dataset_cases(Path(args.dataset))[: args.limit], args.checkpoints[0])]
         else:
-            groups = [(_synthetic_cases(args.synthetic, Path(scratch), args.seed), args.checkpoints[0])]
+            cases = _synthetic_cases(args.synthetic, Path(scratch), args.seed, args.shape)
+            groups = [(cases, args.checkpoints[0])]
         if args.check_case:
             (entry, *_), checkpoint = groups[0]
             result = check_case(entry, checkpoint, args.check_case, output.parent / "check")
