@@ -203,6 +203,16 @@ def render_overview(
     return fig
 
 
+def _missing_warning(meta: Mapping) -> str:
+    missing = [str(m) for m in meta.get("missing_sequences") or []]
+    if not missing:
+        return ""
+    return (
+        f"no {', '.join(missing)}: segmented with the value of a sequence dropped in training in their place; "
+        "expect a lower Dice (see the model card)"
+    )
+
+
 class StudyReportSaver:
     """Writes ``<study>_seg.png`` and/or ``<study>_report.json`` beside each segmentation of an inference run.
 
@@ -212,8 +222,9 @@ class StudyReportSaver:
 
     The report (JSON) holds the study name, the input files (modality -> file for a study loaded by
     :class:`~refineformer3d.data.LoadStudyd`, else the file ``LoadImage`` recorded), the reference modality and grid
-    (shape, spacing, RAS affine) the segmentation is written on, warnings (a study that looks not skull-stripped and
-    was not stripped), how it was skull-stripped (``skull_strip``: method, ``"none"`` or deepbet's version, and why),
+    (shape, spacing, RAS affine) the segmentation is written on, the sequences the study lacks
+    (``missing_sequences``), warnings (a study that looks not skull-stripped and was not stripped, a missing
+    sequence), how it was skull-stripped (``skull_strip``: method, ``"none"`` or deepbet's version, and why),
     the segmentation's path, the label scheme and label names, the voxel volume and the
     volume of each label and each region in mL (voxel counts of the label map on the input grid, so of the written
     file), the run time (``runtime_s``, explained in ``runtime_covers``), the device, the model version and a line
@@ -356,8 +367,13 @@ class StudyReportSaver:
                 "spacing_mm": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
                 "affine_ras": affine.tolist(),
             },
+            "missing_sequences": [str(m) for m in pred.meta.get("missing_sequences") or []],
             # A study that was skull-stripped is no longer one that "looks not skull-stripped".
-            "warnings": [w for w in [pred.meta.get("skull_strip_warning")] if w and not stripped],
+            "warnings": [
+                w
+                for w in [None if stripped else pred.meta.get("skull_strip_warning"), _missing_warning(pred.meta)]
+                if w
+            ],
             "skull_strip": skull_strip,
             "segmentation": str(saved_to) if saved_to else None,
             "png": str(png) if self.write_png else None,

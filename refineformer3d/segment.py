@@ -13,6 +13,9 @@ names; NIfTI, NRRD, MetaImage or one sub-folder per DICOM series), a folder of s
 a 4-D NIfTI file. This script only turns its options into overrides of the bundle's own config and runs it with
 ``monai.bundle.run``: there is one pipeline, with two doors. Input problems print one line naming the study and file
 and exit with status 2; ``--debug`` shows the traceback instead.
+
+The studies are listed and their NIfTI headers read (the bundle's own checks, which need only nibabel) before torch
+and MONAI are imported, which takes most of the start-up: an input that no study of can be used is refused at once.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def _mapping(items: Sequence[str]) -> dict[str, str]:
             raise ValueError(
                 f"--modality {item!r}: expected MODALITY=FILE with MODALITY one of {', '.join(MODALITIES)}"
             )
-        mapping[modality.lower()] = str(Path(path).expanduser().absolute())
+        # relative to the study folder, as the bundle's modality_files are (read_study resolves it), or absolute
+        mapping[modality.lower()] = str(Path(path).expanduser())
     return mapping
 
 
@@ -152,14 +156,42 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def check_input(values: dict) -> None:
+    """The checks of the bundle's ``StudyBatch`` that need no torch nor MONAI, run before those are imported.
+
+    Lists the studies and reads the headers of the NIfTI ones (other formats are read through ITK, later); stops
+    when no study is usable, with the line the bundle would print. A batch with some usable studies goes on, and the
+    bundle names the others.
+
+    Raises:
+        InputError: after printing the one line.
+    """
+    from refineformer3d.data.datalist import find_studies
+    from refineformer3d.data.errors import DatasetError, InputError
+    from refineformer3d.data.validation import check_studies, study_files, study_name
+
+    skipped: dict[str, str] = {}
+    try:
+        studies = find_studies(values["dataset_dir"], values["modality_files"], None, skipped=skipped)
+    except DatasetError as error:
+        raise InputError.printed([str(error)]) from None
+    nifti = [s for s in studies if all(f.lower().endswith((".nii", ".nii.gz")) for f in study_files(s))]
+    checked = check_studies(nifti, read=False, same_grid=False)
+    bad = {study_name(s): found[0] for s, found in zip(nifti, checked) if found}
+    if len(bad) == len(studies):
+        problems = [*skipped.values(), *bad.values()]
+        raise InputError.printed(problems, f"inference: none of {len(problems)} studies is usable")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the bundle's inference; returns the exit status (2 for input problems)."""
     args = _parser().parse_args(argv)
     bundle = Path(args.bundle_dir)
-    from refineformer3d.data import InputError
+    from refineformer3d.data.errors import InputError
 
     try:
         values = overrides(args)
+        check_input(values)
         from monai.bundle import run
 
         run(

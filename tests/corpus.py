@@ -83,6 +83,12 @@ def missing_modality(folder, outside):
     return f"case {folder.name}: missing t1ce file .*{folder.name}_t1ce.nii.gz"
 
 
+def no_flair_nor_t1ce(folder, outside):
+    file_of(folder, "flair").unlink()
+    file_of(folder, "t1ce").unlink()
+    return f"case {folder.name}: (missing flair file|neither .*{folder.name}_flair.nii.gz nor .*_t1ce.nii.gz)"
+
+
 def shape_mismatch(folder, outside):
     _rewrite(folder, "t2", lambda d, a: (d[:-4], a))
     return _expect(folder, "t2", r"shape \(\d+, \d+, \d+\) differs")
@@ -180,14 +186,15 @@ def dangling_symlink(folder, outside):
     return _expect(folder, "t2", "missing file")
 
 
-def symlink_escapes(folder, outside):
-    """A modality that is a symlink to a (valid) file outside the dataset folder."""
+def symlink_into_a_data_store(folder, outside):
+    """A modality that is a symlink to a (valid) file outside the dataset folder, as in a folder of links into a data
+    store or a PACS export: read where it points (only a datalist's ``..`` path is refused)."""
     path = file_of(folder, "t1")
     target = outside / path.name
     outside.mkdir(exist_ok=True)
     shutil.move(path, target)
     path.symlink_to(target)
-    return _expect(folder, "t1", "outside the dataset folder")
+    return None
 
 
 def unreadable_file(folder, outside):
@@ -207,7 +214,9 @@ CORPUS = [
     Corruption("not_gzip", not_gzip),
     Corruption("corrupt_deflate_stream", corrupt_deflate_stream),
     Corruption("empty_file", empty_file),
-    Corruption("missing_modality", missing_modality),
+    # inference segments a study that lacks a modality, if it has FLAIR or T1ce (see no_flair_nor_t1ce)
+    Corruption("missing_modality", missing_modality, inference=False),
+    Corruption("no_flair_nor_t1ce", no_flair_nor_t1ce),
     Corruption("shape_mismatch", shape_mismatch, inference=False),
     Corruption("affine_mismatch", affine_mismatch, inference=False),
     Corruption("two_d_image", two_d_image),
@@ -222,9 +231,9 @@ CORPUS = [
     Corruption("label_shape_mismatch", label_shape_mismatch, inference=False),
     Corruption("no_tumour", no_tumour, inference=False),
     Corruption("dangling_symlink", dangling_symlink),
-    Corruption("symlink_escapes", symlink_escapes),
+    Corruption("symlink_into_a_data_store", symlink_into_a_data_store),
     Corruption("unreadable_file", unreadable_file),
-    Corruption("folder_in_place_of_file", folder_in_place_of_file),
+    Corruption("folder_in_place_of_file", folder_in_place_of_file, inference=False),  # inference: T1ce missing
 ]
 
 

@@ -69,31 +69,35 @@ def test_inference_over_the_corpus_writes_every_good_study_and_names_each_bad_on
     assert {p: p.lstat().st_mtime_ns for p in (tmp_path / "studies").rglob("*")} == before  # inputs untouched
 
 
-def test_studies_missing_a_modality_are_skipped_at_listing_and_named_at_the_end(good_case, tmp_path):
+def test_studies_without_flair_nor_t1ce_are_skipped_at_listing_and_named_at_the_end(good_case, tmp_path):
     folder = tmp_path / "studies"
     copy_case(good_case, folder, "Brats17_GOOD_1")
-    expected = {}
+    expected, lacking = {}, []
     for corruption in CORPUS:
-        if corruption.name in ("missing_modality", "folder_in_place_of_file"):
-            expected[case_name(corruption)] = corruption.apply(
-                copy_case(good_case, folder, case_name(corruption)), None
-            )
+        if corruption.name in ("missing_modality", "folder_in_place_of_file", "no_flair_nor_t1ce"):
+            pattern = corruption.apply(copy_case(good_case, folder, case_name(corruption)), None)
+            if corruption.inference:
+                expected[case_name(corruption)] = pattern
+            else:  # a T1ce missing: segmented without it
+                lacking.append(case_name(corruption))
     plain = folder / "plain_study"
     plain.mkdir()
     for part, modality in (("flair", "flair"), ("t1", "t1"), ("t1ce", "t1ce"), ("t2", "t2"), ("t1ce", "t1gd")):
         os.symlink(file_of(good_case, part), plain / f"{modality}.nii.gz")  # two candidates for T1ce
     batch = StudyBatch(folder, tmp_path / "out")
-    assert [s["case"] for s in batch.studies] == ["Brats17_GOOD_1"]
+    assert sorted(s["case"] for s in batch.studies) == sorted(["Brats17_GOOD_1", *lacking])
+    for study in batch.studies:
+        assert (study["image"][2] is None) == (study["case"] in lacking)
     for name, pattern in expected.items():
         assert re.search(pattern, batch.skipped[name])
     assert batch.skipped["plain_study"].startswith("study plain_study: 2 candidates for T1ce")
-    with pytest.raises(InputError, match=r"0 of 4 studies written; skipped 3 \(") as failure:
-        batch.finish()  # before any run: the one good study is not written yet
+    with pytest.raises(InputError, match=r"0 of 5 studies written; skipped 2 \(") as failure:
+        batch.finish()  # before any run: the usable studies are not written yet
     assert failure.value.code == 2 and all(name in str(failure.value) for name in [*expected, "plain_study"])
     assert not (tmp_path / "out").exists()
     # One study on its own is no batch: its one-line error, as before.
-    (name,) = [n for n in expected if "missing" in n]
-    with pytest.raises(InputError, match=f"case {name}: missing t1ce file"):
+    (name,) = expected
+    with pytest.raises(InputError, match=f"case {name}: neither .*_flair.nii.gz nor .*_t1ce.nii.gz"):
         StudyBatch(folder / name, tmp_path / "out")
 
 

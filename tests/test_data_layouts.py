@@ -53,9 +53,12 @@ def test_brats_cases_and_other_namings_in_one_batch(tmp_path):
     brats(tmp_path, "Brats17_X_1", LEVELS, AFFINE)
     named(tmp_path / "sub-01" / "anat", BIDS, LEVELS, AFFINE)
     assert [s["case"] for s in find_studies(tmp_path)] == ["Brats17_X_1", "sub-01"]
-    # A BraTS-layout case missing a file keeps the layout's error, which names the file.
+    # A BraTS-layout case may lack a sequence but FLAIR and T1ce both (inference fills it)...
     (tmp_path / "Brats17_X_1" / "Brats17_X_1_t1ce.nii.gz").unlink()
-    with pytest.raises(DatasetError, match="case Brats17_X_1: missing t1ce file Brats17_X_1/Brats17_X_1_t1ce.nii.gz"):
+    assert find_studies(tmp_path)[0]["image"][2] is None
+    # ...and lacking both it keeps the layout's error, which names the files.
+    (tmp_path / "Brats17_X_1" / "Brats17_X_1_flair.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="case Brats17_X_1: neither Brats17_X_1/Brats17_X_1_flair.nii.gz nor Brats1"):
         find_studies(tmp_path)
 
 
@@ -64,23 +67,30 @@ def test_a_batch_lists_its_bad_studies_apart_when_asked(tmp_path):
 
     for case in ("Brats17_X_1", "Brats17_Y_1"):
         brats(tmp_path / "brats", case, LEVELS, AFFINE)
-    (tmp_path / "brats" / "Brats17_Y_1" / "Brats17_Y_1_t1ce.nii.gz").unlink()
+    for modality in ("flair", "t1ce"):
+        (tmp_path / "brats" / "Brats17_Y_1" / f"Brats17_Y_1_{modality}.nii.gz").unlink()
     named(tmp_path / "brats" / "sub-01" / "anat", BIDS, LEVELS, AFFINE)
     named(tmp_path / "plain" / "good", PLAIN, LEVELS, AFFINE)
     save_nifti(named(tmp_path / "plain" / "twice", PLAIN, LEVELS, AFFINE) / "t1gd.nii.gz", LEVELS[2], AFFINE)
-    (named(tmp_path / "plain" / "short", PLAIN, LEVELS, AFFINE) / "t2.nii.gz").unlink()
+    short = named(tmp_path / "plain" / "short", PLAIN, LEVELS, AFFINE)
+    for name in ("flair.nii.gz", "t1ce.nii.gz"):
+        (short / name).unlink()
+    (named(tmp_path / "plain" / "no_t2", PLAIN, LEVELS, AFFINE) / "t2.nii.gz").unlink()
     skipped: dict[str, str] = {}
     assert [s["case"] for s in find_studies(tmp_path / "brats", skipped=skipped)] == ["Brats17_X_1", "sub-01"]
-    assert skipped == {"Brats17_Y_1": "case Brats17_Y_1: missing t1ce file Brats17_Y_1/Brats17_Y_1_t1ce.nii.gz"}
+    assert skipped == {
+        "Brats17_Y_1": "case Brats17_Y_1: neither Brats17_Y_1/Brats17_Y_1_flair.nii.gz nor "
+        "Brats17_Y_1/Brats17_Y_1_t1ce.nii.gz; the network needs one of them"
+    }
     skipped = {}
-    assert [s["case"] for s in find_studies(tmp_path / "plain", skipped=skipped)] == ["good"]
+    assert [s["case"] for s in find_studies(tmp_path / "plain", skipped=skipped)] == ["good", "no_t2"]
     assert sorted(skipped) == ["short", "twice"]
     assert skipped["twice"].startswith("study twice: 2 candidates for T1ce: t1ce.nii.gz, t1gd.nii.gz")
-    assert skipped["short"].startswith("study short: no T2 file")
+    assert skipped["short"].startswith("study short: neither FLAIR nor T1ce file")
     # Without a good study there is no batch: the one study's error, as without ``skipped``.
     for study in (tmp_path / "brats" / "Brats17_Y_1", tmp_path / "plain" / "short"):
         skipped = {}
-        with pytest.raises(DatasetError, match="missing t1ce file|no T2 file"):
+        with pytest.raises(DatasetError, match="neither"):
             find_studies(study, skipped=skipped)
 
 
@@ -93,7 +103,7 @@ def test_dicom_study_one_series_per_folder(tmp_path):
     assert find_study_folders(tmp_path) == [study]
     with pytest.raises(
         DatasetError,
-        match=r"study NoTag: 3 problems: 2 candidates for T1: series02 \('T1 MPRAGE', series [\d.]+\), series03",
+        match=r"study NoTag: 2 problems: 2 candidates for T1: series02 \('T1 MPRAGE', series [\d.]+\), series03",
     ):
         find_studies(dicom(tmp_path / "NoTag", LEVELS, AFFINE, DICOM_DESCRIPTIONS))
     # The keyword table is the user's to replace.
@@ -133,12 +143,11 @@ def test_ambiguous_and_missing_modalities_are_one_line_naming_study_modality_and
         find_studies(study)
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("study mystudy: 2 problems: ")
-    assert "2 candidates for T1ce: t1ce.nii.gz, t1gd.nii.gz" in message
-    assert "no T2 file" in message
+    assert message.startswith("study mystudy: 2 candidates for T1ce: t1ce.nii.gz, t1gd.nii.gz")
+    assert "T2" not in message  # inference fills a missing T2
     # In a batch, every bad study is named, each on the same line.
-    named(tmp_path / "other", {**PLAIN, "flair": "t2_flair.nii.gz", "t2": "t2b.nii.gz"}, LEVELS, AFFINE)
-    with pytest.raises(DatasetError, match="study mystudy: .*; study other: no T2 file"):
+    named(tmp_path / "other", {**PLAIN, "flair": "dark_fluid.nii.gz", "t1ce": "post.nii.gz"}, LEVELS, AFFINE)
+    with pytest.raises(DatasetError, match="study mystudy: .*; study other: neither FLAIR nor T1ce file"):
         find_studies(tmp_path)
 
 

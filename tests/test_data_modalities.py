@@ -34,6 +34,17 @@ NAMES = {
     "t1_contrast.nii.gz": "t1ce",
     "t1-c.nii.gz": "t1ce",
     "t2.nhdr": "t2",
+    # the BraTS Toolkit's (BrainLes preprocessing) names, as a TCIA study exported through it carries them
+    "MRHR_FLAIR_AX_TCGA-FG-6692_MRHR_FLAIR_AX_SE_IR_5_tir2d1_21_fla.nii.gz": "flair",
+    "T1_AX_TCGA-FG-6692_T1_AX_SE_10_se2d1_t1.nii.gz": "t1",
+    "MRHR_T1_AX_POST_GAD_TCGA-FG-6692_MRHR_T1_AX_POST_GAD_SE_13_se2d1r_t1c.nii.gz": "t1ce",
+    "MRHR_T2_AX_TCGA-FG-6692_MRHR_T2_AX_SE_2_tse2d1_11_t2.nii.gz": "t2",
+    "case_fla_bet_raw.nii.gz": None,  # a derivative named after its step, not a modality
+    # HD-GLIO's and other tools' names
+    "patient_ct1.nii.gz": "t1ce",
+    "t2flair.nii.gz": "flair",
+    "T1_pre.nii.gz": "t1",
+    "t1native.nrrd": "t1",
     # nnU-Net's Task01 channel order
     "BRATS_001_0000.nii.gz": "flair",
     "BRATS_001_0002.nii.gz": "t1ce",
@@ -42,6 +53,9 @@ NAMES = {
     "sub-01_T1w.json": None,
     "t1_mask.nii.gz": None,
     "pt2.nii.gz": None,
+    "flat.nii.gz": None,
+    "act1.nii.gz": None,
+    "t1_fla.nii.gz": "flair",
     "._t1.nii.gz": None,
     "notes.txt": None,
 }

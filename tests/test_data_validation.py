@@ -130,7 +130,7 @@ def test_a_dicom_folder_with_two_interleaved_series_is_refused(tmp_path):
     folder = dicom_two_series(tmp_path / "study" / "mixed")
     assert len(list(folder.glob("*.dcm"))) == 12
     expected = (
-        r"study mixed: .*no FLAIR file.*DICOM series taken for no modality: "
+        r"study mixed: .*neither FLAIR nor T1ce file.*DICOM series taken for no modality: "
         r"IM0000.dcm \('', series 1.2.826.0.1.3680043.2.1125.1\), "
         r"IM0001.dcm \('', series 1.2.826.0.1.3680043.2.1125.2\)"
     )

@@ -83,13 +83,14 @@ def test_input_problems_are_one_line_exit_2_and_write_nothing(small_case, tmp_pa
     save_nifti(ambiguous / "t1gd.nii.gz", images[2], affine)
     missing = named(tmp_path / "missing", PLAIN, images, affine)
     (missing / "flair.nii.gz").unlink()
+    (missing / "t1ce.nii.gz").unlink()  # a study lacking only one of them is segmented without it
     apart = named(tmp_path / "apart", PLAIN, images, affine)
     far = affine.copy()
     far[:3, 3] += (250.0, 0.0, 0.0)
     save_nifti(apart / "t2.nii.gz", images[3], far)
     expected = {
         "ambiguous": "study ambiguous: 2 candidates for T1ce: t1ce.nii.gz, t1gd.nii.gz",
-        "missing": "study missing: no FLAIR file",
+        "missing": "study missing: neither FLAIR nor T1ce file",
         "apart": "study apart: T2 t2.nii.gz covers 0% of the T1ce field of view (t1ce.nii.gz)",
     }
     for name, problem in expected.items():

@@ -27,6 +27,7 @@ _EXPORTS = {
     "read_study": "layouts",
     "LoadStudyd": "grids",
     "check_grids": "grids",
+    "study_reference": "grids",
     "InputError": "errors",
     "write_studies": "studies",
     "check_study": "validation",
@@ -38,6 +39,7 @@ _EXPORTS = {
     "SkullStripd": "brain_extraction",
     "BiasFieldCorrectiond": "transforms",
     "BratsLabelsFromPredictiond": "transforms",
+    "FillMissingSequencesd": "transforms",
     "ConvertBratsLabelsd": "transforms",
     "PathSafeSpacingd": "transforms",
     "RandDropSequenced": "transforms",
@@ -63,7 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         write_datalist,
     )
     from .errors import InputError  # noqa: F401
-    from .grids import LoadStudyd, check_grids  # noqa: F401
+    from .grids import LoadStudyd, check_grids, study_reference  # noqa: F401
     from .layouts import find_study_folders, read_study  # noqa: F401
     from .modalities import DICOM_KEYWORDS, dicom_modality, modality_of_name  # noqa: F401
     from .studies import write_studies  # noqa: F401
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         BiasFieldCorrectiond,
         BratsLabelsFromPredictiond,
         ConvertBratsLabelsd,
+        FillMissingSequencesd,
         PathSafeSpacingd,
         RandDropSequenced,
         RandThickSlicesd,

@@ -130,12 +130,16 @@ class SkullStripd(MapTransform):
         if not isinstance(image, MetaTensor):
             image = MetaTensor(image)
         name = study or image.meta.get("study", "")
-        reference = image.as_tensor()[min(self.reference, image.shape[0] - 1)]
+        # A study that lacks the reference modality was loaded on another's grid (LoadStudyd): strip that one, not
+        # the blank channel that stands in for the missing sequence.
+        used = image.meta.get("reference_modality", CHANNELS[self.reference])
+        index = CHANNELS.index(used) if used in CHANNELS and image.shape[0] == len(CHANNELS) else self.reference
+        reference = image.as_tensor()[min(index, image.shape[0] - 1)]
         warning = image.meta.get("skull_strip_warning")
         if warning is None:  # not loaded by LoadStudyd (a 4-D file): the same test, on the current grid
             warning = skull_strip_warning(reference.numpy(), image.affine.numpy())
         strip = self.skull_strip is True or (self.skull_strip == "auto" and bool(warning))
-        modality = DISPLAY[CHANNELS[self.reference]]
+        modality = DISPLAY[CHANNELS[index]]
         if strip:
             reason = "skull_strip true" if self.skull_strip is True else f"auto: the {modality} {warning.split(':')[0]}"
             logger.info("study %s: skull-stripping the %s with deepbet (%s)", name, modality, reason)

@@ -450,6 +450,9 @@ def find_studies(
             left out and its one-line problem recorded here under the study's name, so one bad study does not stop
             the batch. Without it, or when no study is left, such a study is an error.
 
+    A study may lack any modality but FLAIR or T1ce: the missing ones are ``None`` in its image list (inference
+    fills them as training dropped sequences, see :class:`~refineformer3d.data.transforms.FillMissingSequencesd`).
+
     Returns:
         ``[{"image": path or [flair, t1, t1ce, t2], "case": name}]`` with absolute paths, sorted by case; never empty.
 
@@ -463,7 +466,7 @@ def find_studies(
         folders = find_study_folders(path) if path.is_dir() else []
         if len(folders) > 1:
             raise DatasetError([f"{path} holds {len(folders)} studies; a modality mapping applies to one study folder"])
-        studies = [read_study(folders[0] if folders else path, modality_files, dicom_keywords)]
+        studies = [read_study(folders[0] if folders else path, modality_files, dicom_keywords, allow_missing=True)]
     elif path.is_file() and path.suffix == ".json":
         entries = load_datalist(path, "testing")
         if not entries:
@@ -473,7 +476,7 @@ def find_studies(
         studies = [_study_file(path)]
     elif path.is_dir():
         try:
-            root, _, cases = discover(path, need_labels=False, skipped=bad)
+            root, _, cases = discover(path, need_labels=False, skipped=bad, allow_missing=True)
         except UnknownLayoutError as error:
             # A recognised layout with a bad case keeps discover's error, which names the missing file.
             bad = None if skipped is None else {}  # mixed layouts: the folders are read again below
@@ -488,11 +491,14 @@ def find_studies(
                 raise error from None
         else:
             studies = [
-                {"image": [str(p) for p in c.image] if isinstance(c.image, list) else str(c.image), "case": c.name}
+                {
+                    "image": [p and str(p) for p in c.image] if isinstance(c.image, list) else str(c.image),
+                    "case": c.name,
+                }
                 for c in cases
             ]
             # Studies in other namings beside BraTS-layout cases are part of the batch too.
-            covered = {Path(c.image[0]).parent for c in cases if isinstance(c.image, list)}
+            covered = {next(p for p in c.image if p).parent for c in cases if isinstance(c.image, list)}
             # A BraTS case is named after its folder: a skipped one is not read again in another naming.
             others = [f for f in find_study_folders(path) if f not in covered and f.name not in (bad or {})]
             studies += _read_studies(others, dicom_keywords, bad)
@@ -515,7 +521,7 @@ def _read_studies(folders: Sequence[Path], dicom_keywords, skipped: dict[str, st
     studies, problems = [], {}
     for folder in folders:
         try:
-            studies.append(read_study(folder, dicom_keywords=dicom_keywords))
+            studies.append(read_study(folder, dicom_keywords=dicom_keywords, allow_missing=True))
         except DatasetError as bad:
             images = [p for p in folder.iterdir() if p.is_file() and is_image_file(p.name)]
             problems[study_name(images, folder)] = str(bad)

@@ -54,6 +54,7 @@ __all__ = [
     "read_geometry",
     "register_rigid",
     "skull_strip_warning",
+    "study_reference",
 ]
 
 logger = logging.getLogger(__name__)
@@ -154,12 +155,33 @@ def _reference_index(reference_modality: str) -> int:
     return CHANNELS.index(reference_modality)
 
 
+# The grid a study lacking the chosen reference is written on: T1ce as BraTS co-registers to it, then FLAIR (often the
+# other 3-D acquisition), then T2 and T1.
+_FALLBACK_REFERENCES = ("t1ce", "flair", "t2", "t1")
+
+
+def study_reference(files: Sequence[str | None], reference_modality: str = "t1ce") -> str:
+    """The modality whose grid a study of ``files`` (``None`` for a missing one, in :data:`CHANNELS` order) is
+    resampled onto: ``reference_modality`` when the study has it, else the first it has of T1ce, FLAIR, T2, T1.
+
+    Raises:
+        ValueError: for an unknown reference modality or a study without files.
+    """
+    _reference_index(reference_modality)
+    present = [m for m, f in zip(CHANNELS, files) if f is not None]
+    found = next((m for m in (reference_modality, *_FALLBACK_REFERENCES) if m in present), None)
+    if found is None:
+        raise ValueError(f"a study without any of {list(CHANNELS)} has no reference grid")
+    return found
+
+
 def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregister: bool | str = False) -> list[dict]:
     """Checks, from the headers, that each study's modalities overlap the reference modality in world space.
 
     Args:
         studies: entries ``{"image": [flair, t1, t1ce, t2] or one file, "case": name}`` (single 4-D files pass).
-        reference_modality: the modality whose grid the others are resampled onto.
+        reference_modality: the modality whose grid the others are resampled onto (see :func:`study_reference`
+            for a study that lacks it).
         coregister: ``True``: the modalities will be registered from wherever they are, so only a header that cannot
             be read is a problem. ``"auto"`` registers the residual head motion between sequences that the headers
             place in one frame, so a modality that barely overlaps the reference is a problem as with ``False``.
@@ -171,22 +193,24 @@ def check_grids(studies: list[dict], reference_modality: str = "t1ce", coregiste
         DatasetError: one line per study naming each modality, its file and how much of the reference's field of
             view it covers, when below :data:`MIN_OVERLAP`.
     """
-    index = _reference_index(reference_modality)
+    _reference_index(reference_modality)
     coregister = auto_bool(coregister, "coregister")
     problems = []
     for study in studies:
         files = study["image"]
         if isinstance(files, (str, os.PathLike)) or len(files) != len(CHANNELS):
             continue
+        used = study_reference(files, reference_modality)
+        index = CHANNELS.index(used)
         reference = read_geometry(files[index])
         for modality, path in zip(CHANNELS, files):
-            if path == files[index]:
+            if path is None or path == files[index]:
                 continue
             covered = overlap_fraction(reference, read_geometry(path))
             if covered < MIN_OVERLAP and coregister is not True:
                 problems.append(
                     f"study {study['case']}: {DISPLAY[modality]} {Path(path).name} covers {covered:.0%} of the "
-                    f"{DISPLAY[reference_modality]} field of view ({Path(files[index]).name}) in world space; the "
+                    f"{DISPLAY[used]} field of view ({Path(files[index]).name}) in world space; the "
                     "modalities are not co-registered (register them, or run with coregister True)"
                 )
     if problems:
@@ -208,14 +232,20 @@ def check_output_format(
     """
     if output_format != "dicom-seg":
         return studies
-    index = _reference_index(reference_modality)
-    problems = [
-        f"study {s['case']}: DICOM SEG output needs the {DISPLAY[reference_modality]} as a DICOM series "
-        f"folder or file, got {reference}; choose output_format nifti or nrrd"
-        for s in studies
-        for reference in [s["image"] if isinstance(s["image"], str) else s["image"][index]]
-        if not is_dicom_series(reference)
-    ]
+    _reference_index(reference_modality)
+    problems = []
+    for study in studies:
+        modality = (
+            reference_modality
+            if isinstance(study["image"], str)
+            else study_reference(study["image"], reference_modality)
+        )
+        reference = study["image"] if isinstance(study["image"], str) else study["image"][CHANNELS.index(modality)]
+        if not is_dicom_series(reference):
+            problems.append(
+                f"study {study['case']}: DICOM SEG output needs the {DISPLAY[modality]} as a DICOM series folder or "
+                f"file, got {reference}; choose output_format nifti or nrrd"
+            )
     if problems:
         raise DatasetError(problems)
     return studies
@@ -352,11 +382,16 @@ class LoadStudyd(MapTransform):
     writes its segmentation on that grid. A single file (a 4-D study) is loaded as ``LoadImaged`` with
     ``EnsureChannelFirstd`` would.
 
+    A study may lack modalities (``None`` in place of the file): only the others are loaded, in order, and the result
+    has one channel less per missing modality; :class:`~refineformer3d.data.transforms.FillMissingSequencesd` puts
+    them back. A study lacking the reference modality is written on another's grid (:func:`study_reference`).
+
     Metadata added for the report and writers: ``study`` (the entry's ``case``), ``modality_files`` (modality ->
-    file), ``reference_modality`` and ``skull_strip_warning``.
+    file, for the modalities the study has), ``missing_sequences`` (the modalities it lacks, in :data:`CHANNELS`
+    order), ``reference_modality`` (the one whose grid it is on) and ``skull_strip_warning``.
 
     Args:
-        keys: the image key; its value is four paths in FLAIR, T1, T1ce, T2 order, or one path.
+        keys: the image key; its value is four paths (or ``None``) in FLAIR, T1, T1ce, T2 order, or one path.
         reference_modality: ``"t1ce"`` (default), ``"flair"``, ``"t1"`` or ``"t2"``.
         coregister: rigidly register each modality onto the reference before resampling: ``True``, ``False`` or
             ``"auto"`` (each modality not on the reference's grid; see the module's notes).
@@ -409,14 +444,17 @@ class LoadStudyd(MapTransform):
         """Loads one study (see the class); ``study`` names it in the metadata and the log."""
         if isinstance(source, (str, os.PathLike)):
             return self.loader(source)
-        files = [str(f) for f in source]
-        if len(files) != len(CHANNELS):
-            raise ValueError(f"study {study}: expected {len(CHANNELS)} files (FLAIR, T1, T1ce, T2), got {len(files)}")
+        given = [f and str(f) for f in source]
+        if len(given) != len(CHANNELS):
+            raise ValueError(f"study {study}: expected {len(CHANNELS)} files (FLAIR, T1, T1ce, T2), got {len(given)}")
+        reference_modality = study_reference(given, self.reference_modality)
+        present = [m for m, f in zip(CHANNELS, given) if f is not None]
+        files = [f for f in given if f is not None]
         images = [self.loader(f) for f in files]
-        reference = images[self.reference]
+        reference = images[present.index(reference_modality)]
         self.orient.axcodes = "".join(aff2axcodes(reference.affine.numpy()))
         channels = []
-        for modality, image in zip(CHANNELS, images):
+        for modality, image in zip(present, images):
             if not _same_grid(image, reference):
                 # Stored with other axis order or directions (a sagittal T1ce beside axial scans, an LPS FLAIR)
                 # but on the same voxels: reoriented exactly. Interpolating would leave 1e-12 residues in the zero
@@ -429,7 +467,7 @@ class LoadStudyd(MapTransform):
             if register or not _same_grid(image, reference):
                 if register:
                     logger.info(
-                        "study %s: registering %s onto %s", study, DISPLAY[modality], DISPLAY[self.reference_modality]
+                        "study %s: registering %s onto %s", study, DISPLAY[modality], DISPLAY[reference_modality]
                     )
                     image = register_rigid(reference, image)
                 else:
@@ -439,8 +477,16 @@ class LoadStudyd(MapTransform):
         name = study or file_stem(files[0])
         meta["filename_or_obj"] = files[0]
         meta["study"] = name
-        meta["modality_files"] = dict(zip(CHANNELS, files))
-        meta["reference_modality"] = self.reference_modality
+        meta["modality_files"] = dict(zip(present, files))
+        meta["missing_sequences"] = [m for m in CHANNELS if m not in present]
+        meta["reference_modality"] = reference_modality
+        if reference_modality != self.reference_modality:
+            logger.warning(
+                "study %s: no %s; written on the %s grid",
+                name,
+                DISPLAY[self.reference_modality],
+                DISPLAY[reference_modality],
+            )
         # Logged by SkullStripd, which strips such a study unless told not to.
         meta["skull_strip_warning"] = skull_strip_warning(reference.as_tensor()[0].numpy(), reference.affine.numpy())
         return MetaTensor(torch.cat(channels, dim=0), meta=meta)

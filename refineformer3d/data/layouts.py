@@ -28,6 +28,7 @@ from pathlib import Path
 from refineformer3d.data.errors import DatasetError
 from refineformer3d.data.modalities import (
     CHANNELS,
+    REQUIRED_ANY,
     assign_modalities,
     dicom_modality,
     dicom_series,
@@ -70,7 +71,7 @@ class UnknownLayoutError(DatasetError):
 class _Case:
     name: str
     layout: str
-    image: list[Path] | Path  # four files, or one 4-D file (MSD)
+    image: list[Path | None] | Path  # four files (None: missing, for inference), or one 4-D file (MSD)
     label: Path | None
     grade: str | None
 
@@ -102,9 +103,17 @@ def _name_mapping_grades(folder: Path) -> dict[str, str]:
 
 
 def _brats_case(
-    folder: Path, names: set[str], root: Path, grades: dict[str, str], need_labels: bool, problems: list[str]
+    folder: Path,
+    names: set[str],
+    root: Path,
+    grades: dict[str, str],
+    need_labels: bool,
+    problems: list[str],
+    allow_missing: bool = False,
 ) -> _Case | None:
-    """The case in ``folder`` if its files are named ``<folder><separator><modality>.nii[.gz]``."""
+    """The case in ``folder`` if its files are named ``<folder><separator><modality>.nii[.gz]``; with
+    ``allow_missing`` a missing modality is ``None`` when FLAIR or T1ce is there (see
+    :func:`~refineformer3d.data.modalities.assign_modalities`)."""
     case = folder.name
     for separator, suffixes in _SUFFIXES.items():
         found = [_nifti_file(folder, f"{case}{separator}{s}", names) for s in suffixes]
@@ -113,8 +122,12 @@ def _brats_case(
     else:
         return None
     relative = folder.relative_to(root)
+    required = [CHANNELS.index(m) for m in REQUIRED_ANY]
+    if allow_missing and not any(found[i] for i in required):
+        files = " nor ".join(str(relative / f"{case}{separator}{suffixes[i]}.nii.gz") for i in required)
+        problems.append(f"case {case}: neither {files}; the network needs one of them")
     for suffix, path in zip(suffixes[:4], found[:4], strict=True):
-        if path is None:
+        if path is None and not allow_missing:
             problems.append(f"case {case}: missing {suffix} file {(relative / f'{case}{separator}{suffix}.nii.gz')}")
     label = found[4]
     if label is None:
@@ -150,7 +163,10 @@ def _msd_cases(folder: Path, names: set[str], need_labels: bool, problems: list[
 
 
 def discover(
-    dataset_dir: str | os.PathLike, need_labels: bool = True, skipped: dict[str, str] | None = None
+    dataset_dir: str | os.PathLike,
+    need_labels: bool = True,
+    skipped: dict[str, str] | None = None,
+    allow_missing: bool = False,
 ) -> tuple[Path, str, list[_Case]]:
     """Finds every case below ``dataset_dir``.
 
@@ -159,6 +175,7 @@ def discover(
         need_labels: report a missing label file for cases in training (or grade) folders and MSD ``imagesTr``.
         skipped: for a batch (inference): a case with missing files is left out and its one-line problem recorded
             here under its name, instead of refusing the dataset; the dataset is still refused when no case is left.
+        allow_missing: for inference: a case may lack modalities other than FLAIR or T1ce (``None`` in its image).
 
     Returns:
         The absolute dataset root, the layout, and the cases sorted by name.
@@ -186,7 +203,7 @@ def discover(
             if folder.parent not in grade_tables:
                 grade_tables[folder.parent] = _name_mapping_grades(folder.parent)
             found = len(problems)
-            case = _brats_case(folder, names, root, grade_tables[folder.parent], need_labels, problems)
+            case = _brats_case(folder, names, root, grade_tables[folder.parent], need_labels, problems, allow_missing)
             if case is not None and skipped is not None and len(problems) > found:
                 skipped[case.name] = "; ".join(problems[found:])
                 del problems[found:]
@@ -249,6 +266,7 @@ def read_study(
     folder: str | os.PathLike,
     given: Mapping[str, str | os.PathLike] | None = None,
     dicom_keywords: Mapping[str, Sequence[str]] | None = None,
+    allow_missing: bool = False,
 ) -> dict:
     """The four modality files of the study in ``folder``, by their names or DICOM series descriptions.
 
@@ -260,9 +278,10 @@ def read_study(
             over what the names say, and the rest are still found by name.
         dicom_keywords: SeriesDescription phrases per modality (default
             :data:`~refineformer3d.data.modalities.DICOM_KEYWORDS`).
+        allow_missing: a modality no file stands for is ``None``, as long as FLAIR or T1ce is there.
 
     Returns:
-        ``{"image": [flair, t1, t1ce, t2], "case": name}`` with absolute paths.
+        ``{"image": [flair, t1, t1ce, t2], "case": name}`` with absolute paths (``None`` for a missing modality).
 
     Raises:
         DatasetError: one line naming the study and each missing or ambiguous modality with its candidates, or a
@@ -289,12 +308,15 @@ def read_study(
                 where=f"study {name}",
             )
         path = Path(path).expanduser()
-        path = path if path.is_absolute() or not (folder / path).exists() else folder / path
+        path = path if path.is_absolute() else folder / path
         if not path.exists():
-            raise DatasetError([f"{modality} file {path} does not exist"], where=f"study {name}")
+            raise DatasetError(
+                [f"{modality} file {path} does not exist (a relative path is taken from the study folder)"],
+                where=f"study {name}",
+            )
         chosen[modality] = str(path.absolute())
     try:
-        image = assign_modalities(candidates, name, chosen, labels)
+        image = assign_modalities(candidates, name, chosen, labels, allow_missing)
     except DatasetError as error:
         if not unnamed:
             raise

@@ -3,17 +3,19 @@
 File names are matched case-insensitively on their last name part (after ``_``, ``-`` or ``.``), whatever comes
 before it, in the naming schemes studies arrive in:
 
-=================  ==========  ==========  ==============================================  ==========
-naming             FLAIR       T1          T1ce                                            T2
-=================  ==========  ==========  ==============================================  ==========
-BraTS 2017-2021    ``_flair``  ``_t1``     ``_t1ce``                                       ``_t2``
-BraTS 2023+        ``-t2f``    ``-t1n``    ``-t1c``                                        ``-t2w``
-BIDS               ``_FLAIR``  ``_T1w``    ``_T1w`` with a ``ce-<agent>`` entity            ``_T2w``
-plain              ``flair``   ``t1``      ``t1ce``, ``t1c``, ``t1gd``, ``t1post``,          ``t2``
-                                           ``t1_contrast`` (``_`` or ``-`` after ``t1``
-                                           allowed)
-nnU-Net (Task01)   ``_0000``   ``_0001``   ``_0002``                                        ``_0003``
-=================  ==========  ==========  ==============================================  ==========
+=================  =============  ==============  =============================================  ==========
+naming             FLAIR          T1              T1ce                                           T2
+=================  =============  ==============  =============================================  ==========
+BraTS 2017-2021    ``_flair``     ``_t1``         ``_t1ce``                                      ``_t2``
+BraTS 2023+        ``-t2f``       ``-t1n``        ``-t1c``                                       ``-t2w``
+BraTS Toolkit      ``_fla``       ``_t1``         ``_t1c``                                       ``_t2``
+BIDS               ``_FLAIR``     ``_T1w``        ``_T1w`` with a ``ce-<agent>`` entity          ``_T2w``
+HD-GLIO            ``flair``      ``t1``          ``ct1``                                        ``t2``
+plain              ``flair``,     ``t1``,         ``t1ce``, ``t1c``, ``t1gd``, ``t1post``,       ``t2``
+                   ``fla``,       ``t1pre``,      ``t1_contrast`` (``_`` or ``-`` after ``t1``
+                   ``t2flair``    ``t1native``    allowed, in T1's names too)
+nnU-Net (Task01)   ``_0000``      ``_0001``       ``_0002``                                      ``_0003``
+=================  =============  ==============  =============================================  ==========
 
 A contrast-enhanced T1 is never taken for the plain T1: T1ce is matched first, and a BIDS ``_T1w`` carrying a
 ``ce-`` entity is T1ce only. Files named ``seg``, ``label`` or ``mask`` are not images.
@@ -39,6 +41,7 @@ __all__ = [
     "CHANNELS",
     "DICOM_KEYWORDS",
     "IMAGE_EXTENSIONS",
+    "REQUIRED_ANY",
     "DicomSeries",
     "assign_modalities",
     "dicom_modality",
@@ -54,6 +57,9 @@ __all__ = [
 ]
 
 CHANNELS = ("flair", "t1", "t1ce", "t2")
+# A study needs one of these to be segmented; the others may be missing (the network was trained with whole sequences
+# dropped, and these two carry the tumour's extent and its enhancing core).
+REQUIRED_ANY = ("flair", "t1ce")
 DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
 # Longest first, so ".nii.gz" is not taken for ".gz".
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -63,10 +69,10 @@ NAME_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".m
 _SEP = r"(?:^|[_.\-])"
 # Tried in this order: T1ce before T1, so "t1ce" or "ce-gd_T1w" is never read as T1.
 _NAME_PATTERNS: tuple[tuple[str, re.Pattern], ...] = (
-    ("t1ce", re.compile(_SEP + r"t1[_\-]?(?:ce|c|gd|post|contrast)$", re.IGNORECASE)),
+    ("t1ce", re.compile(_SEP + r"(?:t1[_\-]?(?:ce|c|gd|post|contrast)|ct1)$", re.IGNORECASE)),
     ("t1ce", re.compile(_SEP + r"ce-[a-z0-9]+(?:_[a-z]+-[a-z0-9]+)*_t1w$", re.IGNORECASE)),
-    ("flair", re.compile(_SEP + r"(?:flair|t2f|0000)$", re.IGNORECASE)),
-    ("t1", re.compile(_SEP + r"(?:t1|t1n|t1w|0001)$", re.IGNORECASE)),
+    ("flair", re.compile(_SEP + r"(?:flair|fla|t2flair|t2f|0000)$", re.IGNORECASE)),
+    ("t1", re.compile(_SEP + r"(?:t1|t1n|t1w|t1[_\-]?(?:pre|native)|0001)$", re.IGNORECASE)),
     ("t1ce", re.compile(_SEP + r"0002$", re.IGNORECASE)),
     ("t2", re.compile(_SEP + r"(?:t2|t2w|0003)$", re.IGNORECASE)),
 )
@@ -284,7 +290,8 @@ def assign_modalities(
     study: str,
     given: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
-) -> list[str]:
+    allow_missing: bool = False,
+) -> list[str | None]:
     """The four files of a study in :data:`CHANNELS` order, or one error naming every gap.
 
     Args:
@@ -292,29 +299,41 @@ def assign_modalities(
         study: the study's name, for the error.
         given: modality -> file chosen by the user; it wins over the candidates.
         labels: file -> how the error names it (DICOM series by description and UID); default its name.
+        allow_missing: a modality with no candidate is ``None`` (inference fills it, see
+            :class:`~refineformer3d.data.transforms.FillMissingSequencesd`) as long as one of :data:`REQUIRED_ANY`
+            is there; else it is a problem.
 
     Returns:
-        ``[flair, t1, t1ce, t2]`` as strings.
+        ``[flair, t1, t1ce, t2]`` as strings (``None`` for a missing modality with ``allow_missing``).
 
     Raises:
-        DatasetError: one line naming the study and, per missing or ambiguous modality, the candidates.
+        DatasetError: one line naming the study and, per missing or ambiguous modality, the candidates; with
+            ``allow_missing``, ambiguous modalities and a study with none of :data:`REQUIRED_ANY`.
     """
     given = dict(given or {})
-    chosen, problems = [], []
+    chosen: list[str | None] = []
+    problems: list[tuple[str, bool]] = []  # (line, whether it is a missing modality), in CHANNELS order
     for modality in CHANNELS:
         if modality in given:
             chosen.append(str(given[modality]))
             continue
         found = [str(f) for f in candidates.get(modality, ()) if str(f) not in given.values()]
+        chosen.append(found[0] if len(found) == 1 else None)
         if len(found) == 1:
-            chosen.append(found[0])
             continue
         hint = f"map it with --modality {modality}=FILE, or --modality_files#{modality} FILE in the bundle"
         if not found:
-            problems.append(f"no {DISPLAY[modality]} file ({hint})")
+            problems.append((f"no {DISPLAY[modality]} file ({hint})", True))
         else:
             names = ", ".join((labels or {}).get(f) or Path(f).name for f in found)
-            problems.append(f"{len(found)} candidates for {DISPLAY[modality]}: {names} ({hint})")
-    if problems:
-        raise DatasetError(problems, where=f"study {study}")
+            problems.append((f"{len(found)} candidates for {DISPLAY[modality]}: {names} ({hint})", False))
+    lines = [line for line, is_missing in problems if not (allow_missing and is_missing)]
+    # An ambiguous FLAIR or T1ce is named as such, not as missing.
+    found_any = {m for m, f in zip(CHANNELS, chosen) if f is not None} | {m for m in CHANNELS if candidates.get(m)}
+    if allow_missing and not found_any & set(REQUIRED_ANY):
+        either = " nor ".join(DISPLAY[m] for m in REQUIRED_ANY)
+        maps = " or ".join(f"--modality {m}=FILE" for m in REQUIRED_ANY)
+        lines.insert(0, f"neither {either} file; the network needs one of them (map one with {maps})")
+    if lines:
+        raise DatasetError(lines, where=f"study {study}")
     return chosen

@@ -1,6 +1,7 @@
 """BraTS label transforms that MONAI lacks (convention-aware label schemes, prediction-to-label conversion), a
 resampling transform that runs under MONAI Label, N4 bias field correction (ITK's, which MONAI does not wrap), and two
-augmentations that MONAI's lack (a thick-slice acquisition, a dropped sequence); and where ``augment.json`` puts its
+augmentations that MONAI's lack (a thick-slice acquisition, a dropped sequence) with, for inference, the sequences a
+study lacks filled as a dropped one (:class:`FillMissingSequencesd`); and where ``augment.json`` puts its
 augmentations in the training pipeline (:func:`with_augmentations`).
 
 Label schemes:
@@ -17,6 +18,7 @@ The raw label values follow a convention of :mod:`refineformer3d.labels` (``"bra
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
@@ -36,6 +38,7 @@ from monai.transforms import (
 )
 from monai.utils import PostFix, convert_to_dst_type
 
+from refineformer3d.data.modalities import CHANNELS, DISPLAY
 from refineformer3d.labels import CONVENTIONS, SCHEMES, check_convention, check_scheme
 
 # MONAI 1.6's RemoveSmallObjects (the lesion clean-up of inference.json) still passes ``min_size`` to scikit-image,
@@ -44,12 +47,14 @@ from refineformer3d.labels import CONVENTIONS, SCHEMES, check_convention, check_
 warnings.filterwarnings(
     "ignore", message="Parameter `min_size` is deprecated", category=FutureWarning, module="monai.transforms.utils"
 )
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SCHEMES",
     "BiasFieldCorrectiond",
     "ConvertBratsLabelsd",
     "BratsLabelsFromPredictiond",
+    "FillMissingSequencesd",
     "PathSafeSpacingd",
     "RandDropSequenced",
     "RandThickSlicesd",
@@ -393,6 +398,64 @@ class RandDropSequenced(RandomizableTransform, MapTransform):
             inside = (x != 0).any(dim=0)  # the brain: outside it every sequence stays zero
             dropped[torch.as_tensor(self._drawn)] = torch.where(inside, self.value, 0.0).to(x.dtype)
             d[key], *_ = convert_to_dst_type(dropped, d[key])
+        return d
+
+
+class FillMissingSequencesd(MapTransform):
+    """Puts back the sequences a study lacks as all-zero channels: the value the network saw for a dropped sequence.
+
+    Training drops whole sequences (:class:`RandDropSequenced`, ``value=0.0``) on normalised intensities: 0 inside the
+    brain, the brain's mean, and 0 outside it, so a dropped channel is all zero. An all-zero channel put in before the
+    normalisation stays all zero through it (``NormalizeIntensityd(nonzero=True)`` leaves a channel with no non-zero
+    voxel as it is), and adds nothing to what the others share: ``CropForegroundd`` crops to the voxels non-zero in
+    any channel, and bias field correction (:class:`BiasFieldCorrectiond`) and the normalisation work per channel
+    and leave a blank one alone. So a study lacking T2 is preprocessed as the full study, with its T2 channel then
+    dropped as training drops it.
+
+    The missing sequences are read from the image's metadata, ``missing_sequences``, which
+    :class:`~refineformer3d.data.grids.LoadStudyd` writes; each study's are named in the log. Put it right after the
+    loader.
+
+    Args:
+        keys: keys of (C, X, Y, Z) images with ``C = len(channels) - len(missing_sequences)``.
+        channels: the sequences the network takes, in its channel order.
+        allow_missing_keys: don't raise for missing keys.
+
+    Raises:
+        ValueError: in ``__call__``, for a missing sequence not among ``channels``, for every one of them missing,
+            or for an image whose channel count does not match.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, channels: Sequence[str] = CHANNELS, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels = tuple(channels)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            meta = image.meta if isinstance(image, MetaTensor) else {}
+            missing = list(meta.get("missing_sequences") or [])
+            if not missing:
+                continue
+            present = [c for c in self.channels if c not in missing]
+            if set(missing) - set(self.channels) or not present or image.shape[0] != len(present):
+                raise ValueError(
+                    f"FillMissingSequencesd: {_source_name(d, key, image)} has {image.shape[0]} channels and lacks "
+                    f"{missing}; expected one channel for each of {present} (of {list(self.channels)})"
+                )
+            x = image.as_tensor()
+            blank = torch.zeros_like(x[:1])
+            filled = torch.cat([blank if c in missing else x[present.index(c)][None] for c in self.channels])
+            d[key] = MetaTensor(filled, meta=dict(meta), applied_operations=list(image.applied_operations))
+            names = ", ".join(DISPLAY.get(c, c) for c in missing)
+            logger.warning(
+                "study %s: no %s; given the value of a sequence dropped in training (the brain's normalised mean)",
+                meta.get("study", _source_name(d, key, image)),
+                names,
+            )
         return d
 
 

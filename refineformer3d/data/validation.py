@@ -54,10 +54,10 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def study_files(entry: Mapping) -> list[str]:
-    """The image files of a datalist entry, then its label file if any."""
+    """The image files of a datalist entry (not its missing modalities, ``None``), then its label file if any."""
     image = entry["image"]
     files = list(image) if isinstance(image, (list, tuple)) else [image]
-    return [str(f) for f in files] + ([str(entry["label"])] if entry.get("label") else [])
+    return [str(f) for f in files if f is not None] + ([str(entry["label"])] if entry.get("label") else [])
 
 
 def study_name(entry: Mapping) -> str:
@@ -78,10 +78,15 @@ def display_path(path: str | os.PathLike, root: str | os.PathLike | None) -> str
 
 
 def _outside(path: str, root: str | os.PathLike) -> str | None:
-    """Where ``path`` really is when that is outside ``root`` (through ``..`` or a symlink), else None."""
-    real = os.path.realpath(path)
-    real_root = os.path.realpath(root)
-    return None if os.path.commonpath([real, real_root]) == real_root else real
+    """Where ``path`` as written lies when that is outside ``root`` (through ``..``), else None.
+
+    Symbolic links are not followed: a study folder of links into a data store or a PACS export is read where the
+    links point, as the user laid it out; only a datalist's path that climbs out of its dataset folder is refused.
+    The root counts under its own name and where it really is (a datalist may name its files either way).
+    """
+    written = os.path.normpath(os.path.abspath(path))
+    roots = {os.path.normpath(os.path.abspath(root)), os.path.realpath(root)}
+    return None if any(os.path.commonpath([written, r]) == r for r in roots) else written
 
 
 def _is_nifti(path: str) -> bool:
@@ -146,9 +151,9 @@ def check_study(
 
     Args:
         entry: a datalist entry: ``{"image": [flair, t1, t1ce, t2] or one 4-D file, "label"?: file, "case"?: name}``
-            with absolute paths.
-        root: the dataset folder; files that resolve outside it (``..`` in a datalist, a symlink) are refused.
-            ``None`` skips that check.
+            with absolute paths; a modality an inference study lacks is ``None`` and not checked.
+        root: the dataset folder; files whose path as written leads outside it (``..`` in a datalist) are
+            refused; symbolic links inside it may point anywhere. ``None`` skips that check.
         convention: the label convention of ``entry["label"]`` (see :mod:`refineformer3d.labels`); ``None`` accepts
             any label values.
         pixdim: the voxel size in mm that the pipeline resamples to; refuses a study whose resampled grid would
@@ -164,14 +169,14 @@ def check_study(
     """
     name = study_name(entry)
     image = entry["image"]
-    images = [str(f) for f in image] if isinstance(image, (list, tuple)) else [str(image)]
+    images = [f and str(f) for f in image] if isinstance(image, (list, tuple)) else [str(image)]
     label = str(entry["label"]) if entry.get("label") else None
     expected_ndim = 4 if len(images) == 1 else 3
     if len(images) not in (1, CHANNELS):
         return [f"case {name}: {len(images)} image files; expected {CHANNELS} (FLAIR, T1, T1ce, T2) or one 4-D file"]
     problems: list[str] = []
     headers = {}
-    for path in [*images, *([label] if label else [])]:
+    for path in [*(f for f in images if f is not None), *([label] if label else [])]:
         shown = display_path(path, root)
         where = f"case {name}: {shown}"
         if not os.path.exists(path):
