@@ -13,8 +13,8 @@ scores 1).
 Usage::
 
     # cross-validation: each fold's test cases with that fold's weights
-    python -m refineformer3d.experiments.missing_sequences --folds /work/cv/fold{0,1,2}.json \\
-        --checkpoints /work/cv/f{0,1,2}/models/model.pt --output runs/missing/real.json
+    python -m refineformer3d.experiments.missing_sequences --folds runs/cv/fold{0,1,2}.json \\
+        --checkpoints runs/cv/f{0,1,2}/models/model.pt --output runs/missing/real.json
     # one set of weights on a dataset folder (BraTS layout), or on synthetic held-out studies
     python -m refineformer3d.experiments.missing_sequences --dataset /data/brats --checkpoints bundle/models/model.pt \\
         --output runs/missing/shipped.json
@@ -102,7 +102,8 @@ def segment_subsets(
             image[CHANNELS.index(modality)] = 0  # as FillMissingSequencesd leaves a missing sequence
         with torch.no_grad():
             logits = inferer(image[None].to(device), network)[0].cpu()
-        out = postprocessing({"image": image, "pred": MetaTensor(logits.as_tensor(), meta=dict(image.meta))})
+        pred = MetaTensor(logits.as_tensor(), meta=dict(image.meta))
+        out = postprocessing({"image": image, "pred": pred, "brain_mask": data["brain_mask"].clone()})
         labels[name] = np.rint(out["pred"][0].numpy()).astype(np.uint8)
     return labels
 
@@ -164,7 +165,7 @@ def markdown(table: dict[str, dict[str, float]]) -> str:
     for name, v in table.items():
         shown = name != "all four"
         change = {r: f" ({v[f'{r}_change']:+.3f})" if shown and f"{r}_change" in v else "" for r in REGIONS}
-        cells = [f"{v[f'{r}_mean']:.3f} ± {v[f'{r}_std']:.3f}{change[r]}" for r in REGIONS]
+        cells = [f"{v[f'{r}_mean']:.3f} +- {v[f'{r}_std']:.3f}{change[r]}" for r in REGIONS]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {v['n']} |")
     return "\n".join(lines)
 
@@ -225,7 +226,12 @@ def check_case(entry: dict, checkpoint: str | Path, missing: str, output: Path) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refineformer3d.experiments.missing_sequences", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="refineformer3d-missing-sequences",
+        description="Dice of a study lacking sequences: each one missing, FLAIR + T1ce only, and all four.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--folds", nargs="+", help="datalist JSONs; each fold's testing cases with its checkpoint")
     source.add_argument("--dataset", help="a BraTS dataset folder; every labelled case with the one checkpoint")

@@ -98,8 +98,11 @@ def _one(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="refineformer3d-raw-scanner-study",
+        description="A raw scanner study against its BraTS-preprocessed version: brain masks and whole-tumour volumes.",
+    )
     parser.add_argument("--raw", required=True, type=Path, help="the raw study folder (T1ce file name ends _t1c)")
     parser.add_argument("--brainles", required=True, type=Path, help="the BraTS toolkit's output folder")
     parser.add_argument("--raw_seg", type=Path, help="segmentation of the raw study (its T1ce grid)")
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
-    return result
+    return 0
 
 
 if __name__ == "__main__":

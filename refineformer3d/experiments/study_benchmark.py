@@ -330,8 +330,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _arm_main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="refineformer3d-study-benchmark",
+        description="One arm of the study mode of refineformer3d-benchmark --study, run in its own process.",
+    )
     parser.add_argument("--_arm", required=True)
     parser.add_argument("--_source", required=True)
     parser.add_argument("--_output", required=True)
@@ -343,7 +346,8 @@ def _arm_main(argv: Sequence[str]) -> None:
     overrides = json.loads(args._overrides)
     result = measure_arm(args._arm, args._source, args._output, args.studies, args.threads, overrides, args._launched)
     print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
-    _arm_main(sys.argv[1:])
+    sys.exit(main())
