@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m refineformer3d.experiments.benchmark --study /work/cv/fold0.json --studies 3 \
+    python -m refineformer3d.experiments.benchmark --study runs/cv/fold0.json --studies 3 \
         --before_config old_inference.json --output study_benchmark
 
 Each arm (``after``: the bundle's ``inference.json``; ``before``: ``--before_config``, e.g. the file of the last
