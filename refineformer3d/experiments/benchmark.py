@@ -875,11 +875,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     markdown = format_markdown(report)
     print(markdown)
     if args.output:
-        output = Path(args.output)
-        write_atomically(output / "benchmark.md", lambda tmp: Path(tmp).write_text(markdown))
-        text = json.dumps(report, indent=2) + "\n"
-        write_atomically(output / "benchmark.json", lambda tmp: Path(tmp).write_text(text))
+        write_tables(Path(args.output), "benchmark", markdown, report)
     return report
+
+
+def write_tables(output: Path, stem: str, markdown: str, report: dict) -> None:
+    """Writes ``<stem>.md`` and ``<stem>.json`` into ``output``, each atomically."""
+    write_atomically(output / f"{stem}.md", lambda tmp: Path(tmp).write_text(markdown))
+    text = json.dumps(report, indent=2) + "\n"
+    write_atomically(output / f"{stem}.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

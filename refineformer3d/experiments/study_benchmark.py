@@ -308,7 +308,7 @@ def _override(item: str) -> tuple[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measures ``args.study``, prints the Markdown and writes ``args.output``'s files; returns the report."""
-    from refineformer3d.io import write_atomically
+    from refineformer3d.experiments.benchmark import write_tables
 
     report = study_benchmark(
         args.study,
@@ -323,10 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     markdown = format_markdown(report)
     print(markdown)
     if args.output:
-        output = Path(args.output)
-        write_atomically(output / "study_benchmark.md", lambda tmp: Path(tmp).write_text(markdown))
-        text = json.dumps(report, indent=2) + "\n"
-        write_atomically(output / "study_benchmark.json", lambda tmp: Path(tmp).write_text(text))
+        write_tables(Path(args.output), "study_benchmark", markdown, report)
     return report
 
 
