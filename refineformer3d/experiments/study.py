@@ -302,7 +302,8 @@ def prepare_data(settings: Settings) -> tuple[Path, dict[str, Path], dict]:
 
 
 def read_folds(paths: Sequence[Path]) -> list[dict]:
-    """The number of studies per split of each fold's datalist, checking that it can be trained and scored.
+    """The number of studies per split of each fold's datalist (testing: the labelled ones, which are scored),
+    checking that it can be trained and scored.
 
     Raises:
         ValueError: one line naming the file, for an unreadable datalist, a missing file, or a fold without
@@ -313,12 +314,13 @@ def read_folds(paths: Sequence[Path]) -> list[dict]:
     sizes = []
     for path in paths:
         datalist = load_datalist(path)  # a DatasetError (a ValueError) names the file
+        datalist["testing"] = [entry for entry in datalist["testing"] if "label" in entry]
         empty = [split for split in ("training", "validation", "testing") if not datalist[split]]
         if empty:
-            raise ValueError(f"fold {path}: no {' and no '.join(empty)} studies; a fold needs all three lists")
-        unlabelled = [e.get("case", e["image"]) for e in datalist["testing"] if "label" not in e]
-        if unlabelled:
-            raise ValueError(f"fold {path}: testing study {unlabelled[0]} has no label to score against")
+            raise ValueError(
+                f"fold {path}: no {' and no '.join(empty)} studies; a fold needs training, validation (model "
+                "selection) and labelled testing studies"
+            )
         sizes.append({split: len(datalist[split]) for split in ("training", "validation", "testing")})
     return sizes
 
