@@ -185,7 +185,7 @@ def test_summary_gives_mean_and_std_over_folds_and_the_cost(tmp_path):
     assert "Held-out test studies of each fold** (mean +- std over folds" in text and "Out of distribution" not in text
     assert "| a | 3 | 0.800 +- 0.100 | 0.600 +- 0.000 | 0.500 +- 0.000 | 0.400 +- 0.000 | 10.0 +- 0.0 |" in text
     assert "| arm | params (M) | iterations | GFLOP / study | network s / study | inference s / study |" in text
-    assert "| a | 0.80 | 96 | 101 +- 1 | 4.0 +- 1.0 | 8.0 +- 2.0 | 10.0 +- 0.0 |" in text
+    assert "| a | 0.80 | 96 | 101.0 +- 1.0 | 4.0 +- 1.0 | 8.0 +- 2.0 | 10.0 +- 0.0 |" in text
     lines = (tmp_path / "study_runs.csv").read_text().splitlines()
     assert lines[0].startswith("arm,fold,seed,parameters") and lines[0].endswith("windows,gflop_per_window")
     assert len(lines) == 4 and "ood_" not in lines[0] and lines[1].endswith(",8,12.5")

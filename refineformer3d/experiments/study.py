@@ -693,7 +693,7 @@ def _ratio(ood: float | None, test: float | None) -> float | None:
 
 # Cost columns of a run timed through inference.json: (key of result["inference"], heading, digits).
 COSTS = (
-    ("gflop_per_study", "GFLOP / study", 0),
+    ("gflop_per_study", "GFLOP / study", 1),
     ("network_s", "network s / study", 1),
     ("study_s", "inference s / study", 1),
 )
@@ -831,6 +831,10 @@ def _finite_rows(value):
     if isinstance(value, list):
         return [_finite_rows(v) for v in value]
     return value
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _score(value: float | None) -> str:
@@ -997,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    what = f"{len(folds)} folds" if folds else f"studies per split: {sizes[values[0]]}"
+    what = _count(len(folds), "fold") if folds else f"studies per split: {sizes[values[0]]}"
     print(f"{what}; {len(todo)} runs to do, {len(rescore)} to score on more OOD sets", flush=True)
     failures = []
     trained = []
@@ -1045,11 +1049,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path, s in zip(folds, fold_sizes, strict=True)
         )
         header = (
-            f"Real studies, {len(folds)} folds (training/validation/test studies: {splits}); resampled to "
+            f"Real studies, {_count(len(folds), 'fold')} (training/validation/test studies: {splits}); resampled to "
             f"{'x'.join(f'{v:g}' for v in settings.pixdim)} mm, crop {'x'.join(map(str, settings.roi_size))}, "
-            f"{settings.epochs} epochs (one iteration per training study each), seed {settings.seed}; time per study "
-            f"through inference.json at {settings.time_threads} threads on the first {settings.time_studies} test "
-            f"studies of each fold; command: {command}"
+            f"{_count(settings.epochs, 'epoch')} (one iteration per training study each), seed {settings.seed}; time "
+            f"per study through inference.json at {_count(settings.time_threads, 'thread')} on the first "
+            f"{_count(settings.time_studies, 'test study', 'test studies')} of each fold; command: {command}"
         )
     else:
         s = sizes[values[0]]
