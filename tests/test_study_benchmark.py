@@ -45,6 +45,8 @@ def test_study_mode_times_every_stage_and_writes_what_the_bundle_writes(tmp_path
     assert [row["study"] for row in result["studies"]] == sorted(p.name for p in source.iterdir())
     for row in result["studies"]:
         assert all(row[stage] > 0 for stage in STAGES), row
+        # the windows the inferer ran on the cropped brain (at most 64 x 64 x 48): 32^3 windows at overlap 0.5
+        assert len(row["shape"]) == 3 and 1 <= row["windows"] <= 3 * 3 * 2, row
     assert set(result["start_up"]) >= {"import torch", "import monai", "config, network and checkpoint", "total"}
 
     wf = bundle_workflow(

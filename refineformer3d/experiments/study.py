@@ -1,4 +1,5 @@
-"""An equal-budget accuracy study: several networks, several seeds, the bundle's own training and scoring.
+"""An equal-budget accuracy study: several networks, several seeds or cross-validation folds, the bundle's own
+training and scoring.
 
 Every arm (a network, optionally with overlays such as ``augment.json``) is trained by ``python -m monai.bundle run
 training`` with the same studies, split, crop, epochs and iterations; the checkpoint is chosen on the validation split
@@ -10,25 +11,51 @@ out-of-distribution sets of the same seed, e.g. each part of the shifted recipe 
 default recipe itself (new studies, no shift), so that a loss out of distribution can be traced to its cause; a
 finished run only gets the sets it lacks scored.
 
-Command line::
+Command lines::
 
     python -m refineformer3d.experiments.study --output DIR [--seeds 0 1 2] [--epochs 8] [--arms FILE ...] \\
         [--only NAME ...] [--cases 40 --ood_cases 12 --shape 120 120 78 --roi_size 64 64 64] \\
         [--jobs 2 --threads 1] [--plan] [--ood_recipes default shifted:contrast shifted:bias+slices ...]
+    python -m refineformer3d.experiments.study --output DIR --folds fold0.json fold1.json fold2.json \\
+        [--pixdim 2 2 2 --roi_size 64 64 64 --epochs 8] [--configs bundle/configs/regions.json] [--time_studies 1]
+
+**Real folds** (``--folds``): each datalist (``training``, ``validation``, ``testing`` lists, as
+``refineformer3d-datalist --num_folds K --fold F`` writes them) takes the place of a seed: its runs are
+``DIR/runs/<arm>/fold<k>``, all trained with one seed (``--seeds S``, default 0), and the summary gives mean +- std
+over folds. No study is generated and no OOD set is scored. Training reads the studies through
+``persistent_cache.json``, in ``DIR/cache/<key>``: the deterministic transforms (loading, resampling, brain crop, N4)
+run once per study for every arm and fold, and only arms that change those transforms beyond the settings the
+overlay keys its folders by get a cache of their own. The default arms are the networks of the real-data study:
+RefineFormer3D tiny and small, SegFormer3D, SegResNet, SegFormer 2-D B0 (``segformer2d.json``, on the study's crops)
+and the lighter variants ``refineformer3d_tiny_axial``, ``refineformer3d_tiny_slices`` and ``refineformer3d_nano``.
+
+**Cost per run.** Besides the scores, each run records its parameters, its training wall time and, once every run
+has trained (one at a time, at ``--time_threads`` threads, default 2), the time per study through the bundle's own
+inference path: :mod:`~refineformer3d.experiments.study_benchmark` runs ``inference.json`` (brain crop, N4, its
+sliding-window inferer; the arm's network, overlays, ``roi_size`` and ``pixdim``; the run's ``model.pt``) on the
+first ``--time_studies`` test studies in a fresh process and times each stage. GFLOP per study is the network's FLOPs
+for one window (counted on the meta device, attention included: :func:`~refineformer3d.experiments.summary.
+network_flops`) times the windows the inferer ran on the study. ``--time_studies`` defaults to 1 with ``--folds``
+and to 0 (not timed) for synthetic studies; a finished run without the timing gets it on a later invocation.
 
 Arms are a JSON list of ``{"name", "overrides": {bundle key: value}, "configs": [overlay files relative to the
-repository], "description"}``; each override goes to ``monai.bundle run`` as ``--key value``. A finished run
-(``DIR/runs/<arm>/seed<S>/result.json``) is skipped on a re-run, so an interrupted study resumes where it stopped.
+repository], "description"}``; each override goes to ``monai.bundle run`` as ``--key value``. ``--configs`` adds
+overlays to every arm (after ``train.json``, before the arm's own), e.g. ``regions.json`` so that enhancing tumour is
+scored. A finished run (``DIR/runs/<arm>/seed<S>/result.json`` or ``fold<k>/result.json``) is skipped on a re-run, so
+an interrupted study resumes where it stopped.
 
-Made affordable on a CPU: half-size studies (the brain scaled to fit 120 x 120 x 78 voxels of "1 mm", i.e. about
-2 mm resolution of a real brain; HD95 is in those voxels' mm) and 64^3 crops.
+Synthetic studies are made affordable on a CPU: half-size studies (the brain scaled to fit 120 x 120 x 78 voxels of
+"1 mm", i.e. about 2 mm resolution of a real brain; HD95 is in those voxels' mm) and 64^3 crops. Real studies are
+resampled to ``--pixdim`` (2 mm in the real study, for the same reason).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import csv
+import hashlib
 import io
 import json
 import math
@@ -58,6 +85,7 @@ METRICS = (
     ("dice_edema", "edema Dice"),
     ("hd95_wt", "WT HD95"),
     ("hd95_tc", "TC HD95"),
+    ("hd95_et", "ET HD95"),
 )
 RECIPE_METRICS = (("dice_wt", "WT"), ("dice_tc", "TC"), ("dice_edema", "edema"))
 
@@ -103,6 +131,19 @@ DEFAULT_ARMS = (
     Arm("refineformer3d_base", _create_model("refineformer3d_base"), (), "RefineFormer3D base"),
     Arm("segformer3d", _create_model("segformer3d"), (), "SegFormer3D (the published configuration)"),
     Arm("segresnet", SEGRESNET, (), "MONAI SegResNet, model zoo BraTS configuration"),
+)
+# SegFormer 2-D B0 as segformer2d.json configures it (every axial slice of a crop through MiT-B0, from scratch); the
+# study's --roi_size replaces the overlay's 128 x 128 x 8 windows, so that it trains on the same crops as the 3-D arms.
+SEGFORMER2D = Arm("segformer2d_b0", {}, ("bundle/configs/segformer2d.json",), "SegFormer 2-D B0 on every axial slice")
+# The networks of the study on real folds (--folds): the compared networks and the lighter registered variants.
+FOLD_ARMS = (
+    *(arm for arm in DEFAULT_ARMS if arm.name in ("refineformer3d_tiny", "refineformer3d_small", "segformer3d")),
+    next(arm for arm in DEFAULT_ARMS if arm.name == "segresnet"),
+    SEGFORMER2D,
+    *(
+        Arm(name, _create_model(name), (), f"the lighter registered variant {name} (issue 33)")
+        for name in ("refineformer3d_tiny_axial", "refineformer3d_tiny_slices", "refineformer3d_nano")
+    ),
 )
 
 
@@ -157,21 +198,23 @@ def plan(
     output: Path,
     arm_seeds: Mapping[str, Sequence[int]] | None = None,
     finished: bool = False,
+    over: str = "seed",
 ) -> list[tuple[Arm, int, Path]]:
     """The runs still to do, seed-major (every arm's first seed first, so a cut-short study has whole seeds).
 
     Args:
-        arm_seeds: seeds for particular arms (a slow network given fewer), instead of ``seeds``.
+        seeds: the seeds, or with ``over="fold"`` the fold indices (each run folder is ``<over><value>``).
+        arm_seeds: seeds (or folds) for particular arms (a slow network given fewer), instead of ``seeds``.
         finished: the finished runs instead.
     """
     arm_seeds = arm_seeds or {}
     every = sorted(set(seeds).union(*arm_seeds.values()))
     return [
-        (arm, seed, output / "runs" / arm.name / f"seed{seed}")
+        (arm, seed, output / "runs" / arm.name / f"{over}{seed}")
         for seed in every
         for arm in arms
         if seed in arm_seeds.get(arm.name, seeds)
-        and (output / "runs" / arm.name / f"seed{seed}" / RESULT_FILE).is_file() == finished
+        and (output / "runs" / arm.name / f"{over}{seed}" / RESULT_FILE).is_file() == finished
     ]
 
 
@@ -195,13 +238,20 @@ class Settings:
     test_fraction: float = 0.25
     threads: int = 1
     extra: tuple[str, ...] = ()  # further --key value arguments for every arm, e.g. ("--learning_rate", "0.001")
+    configs: tuple[str, ...] = ()  # overlays for every arm, after train.json, e.g. ("bundle/configs/regions.json",)
+    folds: tuple[Path, ...] = ()  # real-data mode: one datalist per fold instead of synthetic studies and seeds
+    seed: int = 0  # the training seed of every fold (real-data mode)
+    time_studies: int = 0  # test studies timed through inference.json per run (0: not timed)
+    time_threads: int = 2
 
 
 OOD_RECIPE = "shifted"  # the study's own out-of-distribution set
 
 
 def ood_recipes(settings: Settings) -> list[str]:
-    """Every OOD recipe a run is scored on, the study's own first."""
+    """Every OOD recipe a run is scored on, the study's own first; none on real folds."""
+    if settings.folds:
+        return []
     return [OOD_RECIPE, *(r for r in dict.fromkeys(settings.ood_recipes) if r != OOD_RECIPE)]
 
 
@@ -251,6 +301,57 @@ def prepare_data(settings: Settings) -> tuple[Path, dict[str, Path], dict]:
     return in_path, ood_paths, {**sizes, "ood": settings.ood_cases}
 
 
+def read_folds(paths: Sequence[Path]) -> list[dict]:
+    """The number of studies per split of each fold's datalist (testing: the labelled ones, which are scored),
+    checking that it can be trained and scored.
+
+    Raises:
+        ValueError: one line naming the file, for an unreadable datalist, a missing file, or a fold without
+            training, validation (model selection) or labelled testing studies.
+    """
+    from refineformer3d.data import load_datalist
+
+    sizes = []
+    for path in paths:
+        datalist = load_datalist(path)  # a DatasetError (a ValueError) names the file
+        datalist["testing"] = [entry for entry in datalist["testing"] if "label" in entry]
+        empty = [split for split in ("training", "validation", "testing") if not datalist[split]]
+        if empty:
+            raise ValueError(
+                f"fold {path}: no {' and no '.join(empty)} studies; a fold needs training, validation (model "
+                "selection) and labelled testing studies"
+            )
+        sizes.append({split: len(datalist[split]) for split in ("training", "validation", "testing")})
+    return sizes
+
+
+# Keys that cannot change what persistent_cache.json stores: the network and optimisation, inference-only settings,
+# and the settings whose values already name its folders (read from the overlay itself).
+_CACHE_FREE = {"network_def", "pretrained", "learning_rate", "weight_decay", "warmup_epochs", "val_interval"}
+_CACHE_FREE |= {"loss", "optimizer", "lr_scheduler", "sw_batch_size", "sw_overlap", "epochs", "seed", "num_workers"}
+
+
+def cache_folder(arm: Arm, settings: Settings) -> Path:
+    """The persistent cache of an arm's training in real-data mode: ``cache/common`` for every arm whose deterministic
+    transforms are those of ``train.json``, a folder named by a digest of the rest for arms that may change them.
+
+    ``persistent_cache.json`` names its own folders by label scheme, ``pixdim``, ``roi_size`` and N4, since MONAI
+    keys the files by the transforms' classes only; any other override or overlay key (the arm's, ``--configs`` or
+    ``--extra``) might change a deterministic transform, so it leads to a cache of its own rather than to stale data.
+    """
+    overlay = json.loads((CONFIGS / "persistent_cache.json").read_text(encoding="utf-8"))
+    free = _CACHE_FREE | {k for k in overlay["persistent_cache_dir"] if not k.startswith("_") and k != "root"}
+    keys = {}
+    for config in (*settings.configs, *arm.configs):
+        keys |= {f"{config}:{k}": v for k, v in json.loads((REPO / config).read_text(encoding="utf-8")).items()}
+    keys |= dict(arm.overrides) | dict(zip(settings.extra[::2], settings.extra[1::2], strict=False))
+    relevant = {k: v for k, v in keys.items() if k.rpartition(":")[2].lstrip("-").split("#")[0] not in free}
+    if not relevant:
+        return settings.output / "cache" / "common"
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return settings.output / "cache" / digest
+
+
 def _bundle_command(workflow: str, configs: Sequence[str], arguments: Sequence[str]) -> list[str]:
     files = [str(REPO / c) for c in configs]
     return [
@@ -272,8 +373,12 @@ def _bundle_command(workflow: str, configs: Sequence[str], arguments: Sequence[s
 def commands(
     arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Mapping[str, Path]]
 ) -> dict:
-    """The bundle commands of one run: training, scoring the test split, scoring each OOD set (``ood`` first)."""
-    configs = ["bundle/configs/train.json", *arm.configs]
+    """The bundle commands of one run: training, scoring the test split, scoring each OOD set (``ood`` first).
+
+    On real folds training reads the studies through ``persistent_cache.json`` (see :func:`cache_folder`); scoring
+    reads the test studies as ``evaluate.json`` does.
+    """
+    configs = ["bundle/configs/train.json", *settings.configs, *arm.configs]
     shared = [
         "--bundle_root",
         str(run_dir),
@@ -301,13 +406,17 @@ def commands(
         str(settings.epochs),
         *shared,
     ]
+    train_configs = configs
+    if settings.folds:
+        train_configs = [*configs, "bundle/configs/persistent_cache.json"]
+        train += ["--cache_dir", str(cache_folder(arm, settings))]
 
     def scoring(datalist: Path, name: str) -> list[str]:
         arguments = ["--dataset_dir", str(datalist), "--ckpt_path", str(run_dir / "models" / "model.pt")]
         arguments += ["--output_dir", str(run_dir / name), *shared]
         return _bundle_command("evaluating", [*configs, "bundle/configs/evaluate.json"], arguments)
 
-    steps = {"train": _bundle_command("training", configs, train), "test": scoring(datalists[0], "test")}
+    steps = {"train": _bundle_command("training", train_configs, train), "test": scoring(datalists[0], "test")}
     for recipe, path in datalists[1].items():
         steps[ood_folder(recipe)] = scoring(path, ood_folder(recipe))
     return steps
@@ -335,19 +444,66 @@ def _scores(folder: Path) -> dict:
         return math.nan if mean.get(key) is None else mean[key]
 
     scores = {f"dice_{r}": value(f"global_dsc_{r}") for r in ("wt", "tc", "et")}
-    scores |= {f"hd95_{r}": value(f"global_hd95_{r}") for r in ("wt", "tc")}
+    scores |= {f"hd95_{r}": value(f"global_hd95_{r}") for r in ("wt", "tc", "et")}
     scores["dice_edema"] = _edema_dice(folder)
     return scores
 
 
-def _parameters(arm: Arm) -> int:
+def _network_parser(arm: Arm, settings: Settings):
+    """The training config of ``arm`` (``train.json``, ``--configs``, the arm's overlays and overrides), parsed."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(REPO / c) for c in ("bundle/configs/train.json", *arm.configs)])
+    parser.read_config([str(REPO / c) for c in ("bundle/configs/train.json", *settings.configs, *arm.configs)])
     parser.update(dict(arm.overrides))
-    network = parser.get_parsed_content("network_def")
+    return parser
+
+
+def _parameters(arm: Arm, settings: Settings) -> int:
+    network = _network_parser(arm, settings).get_parsed_content("network_def")
     return sum(p.numel() for p in network.parameters())
+
+
+def window_gflop(arm: Arm, settings: Settings) -> float | None:
+    """GFLOP of one forward of the arm's network on one ``roi_size`` window, attention included (None where it
+    cannot be counted completely)."""
+    from refineformer3d.experiments.summary import network_flops
+
+    parser = _network_parser(arm, settings)
+    channels = parser.get_parsed_content("network_def#in_channels")
+    _, flops = network_flops(
+        lambda: parser.get_parsed_content("network_def", lazy=False), (1, channels, *settings.roi_size), cpu=False
+    )
+    return None if flops is None else flops / 1e9
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a word, as monai.bundle run's parser (fire) keeps it
+
+
+def inference_overrides(arm: Arm, settings: Settings, checkpoint: Path) -> dict:
+    """``inference.json`` keys for timing a run as a user would segment with it: the arm's network and the keys of
+    its overlays, overrides and ``--extra`` that ``inference.json`` has (or that ``train.json`` lacks, which the
+    network may reference, e.g. ``pretrained``), the study's ``roi_size`` and ``pixdim``, and the run's weights."""
+    inference = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
+    train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
+
+    def wanted(key: str) -> bool:
+        top = key.split("#")[0]
+        return top in inference or top not in train and "#" not in key
+
+    overrides = {}
+    for config in (*settings.configs, *arm.configs):
+        content = json.loads((REPO / config).read_text(encoding="utf-8"))
+        overrides |= {k: v for k, v in content.items() if wanted(k)}
+    overrides |= {"roi_size": list(settings.roi_size), "pixdim": list(settings.pixdim)}
+    extra = {k.lstrip("-"): _literal(v) for k, v in zip(settings.extra[::2], settings.extra[1::2], strict=False)}
+    overrides |= {k: v for k, v in extra.items() if wanted(k)}
+    overrides |= {k: v for k, v in arm.overrides.items() if wanted(k)}
+    return overrides | {"ckpt_path": str(checkpoint)}
 
 
 def _run_steps(steps: Mapping[str, list[str]], run_dir: Path, settings: Settings, what: str) -> dict[str, float]:
@@ -380,10 +536,16 @@ def _ood_results(run_dir: Path, settings: Settings) -> dict[str, dict]:
     return {recipe: _scores(run_dir / ood_folder(recipe)) for recipe in ood_recipes(settings)}
 
 
+def unit(settings: Settings) -> str:
+    """What a study repeats each arm over, and its run folders' prefix: ``seed`` or, on real folds, ``fold``."""
+    return "fold" if settings.folds else "seed"
+
+
 def run_one(
-    arm: Arm, seed: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Mapping[str, Path]], sizes: dict
+    arm: Arm, value: int, run_dir: Path, settings: Settings, datalists: tuple[Path, Mapping[str, Path]], sizes: dict
 ) -> dict:
-    """Trains and scores one (arm, seed); writes ``result.json`` last, so a run with it is complete.
+    """Trains and scores one (arm, seed), or on real folds one (arm, fold) with ``settings.seed``; writes
+    ``result.json`` last, so a run with it is complete.
 
     Raises:
         RuntimeError: when a bundle command fails, naming the log file.
@@ -391,23 +553,78 @@ def run_one(
     if run_dir.exists():  # an interrupted run: start it again from scratch
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    seed = settings.seed if settings.folds else value
     steps = commands(arm, seed, run_dir, settings, datalists)
-    wall = _run_steps(steps, run_dir, settings, f"{arm.name} seed {seed}")
-    result = {
-        "arm": arm.name,
-        "seed": seed,
+    wall = _run_steps(steps, run_dir, settings, f"{arm.name} {unit(settings)} {value}")
+    result = {"arm": arm.name, "seed": seed}
+    if settings.folds:
+        result |= {"fold": value, "datalist": str(datalists[0]), "studies": sizes}
+    result |= {
         "description": arm.description,
-        "configs": list(arm.configs),
+        "configs": [*settings.configs, *arm.configs],
         "overrides": dict(arm.overrides),
-        "parameters": _parameters(arm),
+        "parameters": _parameters(arm, settings),
         "epochs": settings.epochs,
         "iterations": settings.epochs * sizes["training"],
+        "roi_size": list(settings.roi_size),
+        "pixdim": list(settings.pixdim),
         "train_wall_s": wall["train"],
         "score_wall_s": sum(v for k, v in wall.items() if k != "train"),
         "test": _scores(run_dir / "test"),
-        "ood": _scores(run_dir / "ood"),
-        "ood_recipes": _ood_results(run_dir, settings),
-        "commands": {k: " ".join(v) for k, v in steps.items()},
+    }
+    if not settings.folds:
+        result |= {"ood": _scores(run_dir / "ood"), "ood_recipes": _ood_results(run_dir, settings)}
+    result["commands"] = {k: " ".join(v) for k, v in steps.items()}
+    _write_result(run_dir, result)
+    return result
+
+
+def untimed(run_dir: Path) -> bool:
+    """Whether a finished run lacks the time per study through the bundle's inference."""
+    return "inference" not in json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+
+
+def time_run(arm: Arm, run_dir: Path, settings: Settings, datalist: Path) -> dict:
+    """Times a finished run's weights per study through ``inference.json`` (see the module's notes); adds
+    ``inference`` to its ``result.json``: the stage seconds and windows of each timed study, their medians, and
+    GFLOP per window and per study.
+
+    Raises:
+        RuntimeError: when the timing fails, naming the run.
+    """
+    from refineformer3d.experiments import study_benchmark
+
+    overrides = inference_overrides(arm, settings, run_dir / "models" / "model.pt")
+    segmentations = run_dir / "timing"
+    shutil.rmtree(segmentations, ignore_errors=True)
+    try:
+        report = study_benchmark.study_benchmark(
+            str(datalist),
+            studies=settings.time_studies,
+            threads=settings.time_threads,
+            bundle_runs=False,
+            overrides=overrides,
+            segmentation_dir=str(segmentations),
+        )
+    except subprocess.CalledProcessError as error:
+        tail = (error.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{arm.name} in {run_dir}: timing failed: {tail[0]}") from None
+    timed = report["arms"]["after"]
+    per_window = window_gflop(arm, settings)
+    studies = timed["studies"]
+    gflop = [None if per_window is None else per_window * row["windows"] for row in studies]
+    result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
+    result["inference"] = {
+        "config": "bundle/configs/inference.json",
+        "overrides": overrides,
+        "threads": settings.time_threads,
+        "machine": report["machine"],
+        "studies": studies,
+        "study_s": timed["median"]["study"],
+        "network_s": timed["median"]["network"],
+        "windows": statistics.median(row["windows"] for row in studies),
+        "gflop_per_window": per_window,
+        "gflop_per_study": None if per_window is None else statistics.fmean(gflop),
     }
     _write_result(run_dir, result)
     return result
@@ -429,7 +646,7 @@ def _missing(result: Mapping, settings: Settings) -> list[str]:
 
 def _scored(result: Mapping) -> dict:
     """A result's scores per OOD recipe (runs from before ``ood_recipes`` have the study's own set only)."""
-    return {OOD_RECIPE: result["ood"], **result.get("ood_recipes", {})}
+    return ({OOD_RECIPE: result["ood"]} if "ood" in result else {}) | result.get("ood_recipes", {})
 
 
 def score_missing(
@@ -474,20 +691,31 @@ def _ratio(ood: float | None, test: float | None) -> float | None:
     return None if ood is None or test is None or test == 0 else ood / test
 
 
+# Cost columns of a run timed through inference.json: (key of result["inference"], heading, digits).
+COSTS = (
+    ("gflop_per_study", "GFLOP / study", 1),
+    ("network_s", "network s / study", 1),
+    ("study_s", "inference s / study", 1),
+)
+
+
 def summarise(results: Sequence[Mapping]) -> list[dict]:
-    """Per arm (in the order first met): mean, std and n over seeds of every score, ratio and cost."""
+    """Per arm (in the order first met): mean, std and n over seeds (or folds) of every score, ratio and cost."""
     arms: dict[str, list[Mapping]] = {}
     for r in results:
         arms.setdefault(r["arm"], []).append(r)
     rows = []
     for name, runs in arms.items():
-        row = {"arm": name, "seeds": sorted(r["seed"] for r in runs), "parameters": runs[0]["parameters"]}
+        over = "fold" if "fold" in runs[0] else "seed"
+        row = {"arm": name, f"{over}s": sorted(r[over] for r in runs), "parameters": runs[0]["parameters"]}
         row["iterations"] = runs[0]["iterations"]
-        for where in ("test", "ood"):
+        for key, _ in METRICS:
+            row[f"test_{key}"] = mean_std([r["test"].get(key) for r in runs])
+        if all("ood" in r for r in runs):
             for key, _ in METRICS:
-                row[f"{where}_{key}"] = mean_std([r[where].get(key) for r in runs])
-        for key in ("dice_tc", "dice_edema"):
-            row[f"ratio_{key}"] = mean_std([_ratio(r["ood"].get(key), r["test"].get(key)) for r in runs])
+                row[f"ood_{key}"] = mean_std([r["ood"].get(key) for r in runs])
+            for key in ("dice_tc", "dice_edema"):
+                row[f"ratio_{key}"] = mean_std([_ratio(r["ood"].get(key), r["test"].get(key)) for r in runs])
         # per OOD recipe, over the seeds scored on it: Dice, and Dice as a fraction of the same run's test split
         by_run = [(_scored(r), r["test"]) for r in runs]
         row["ood_recipes"] = {}
@@ -498,6 +726,8 @@ def summarise(results: Sequence[Mapping]) -> list[dict]:
                 cells[f"ratio_{key}"] = mean_std([_ratio(ood.get(key), test.get(key)) for ood, test in pairs])
             row["ood_recipes"][recipe] = cells
         row["train_wall_s"] = mean_std([r["train_wall_s"] for r in runs])
+        for key, _, _ in COSTS:
+            row[key] = mean_std([r["inference"][key] for r in runs if "inference" in r])
         rows.append(row)
     return rows
 
@@ -509,27 +739,43 @@ def _pm(stat: tuple[float, float, int], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" +- {std:.{digits}f}")
 
 
+def _replicates(row: Mapping) -> list[int]:
+    return row["folds"] if "folds" in row else row["seeds"]
+
+
 def markdown(rows: Sequence[Mapping], header: str) -> str:
-    """The summary tables: in-distribution test, OOD, and the OOD/in-distribution ratios with the cost."""
+    """The summary tables: held-out test, and for synthetic studies OOD and the OOD/in-distribution ratios; the
+    cost."""
+    over = "folds" if any("folds" in row for row in rows) else "seeds"
     names = [h for _, h in METRICS]
     lines = [header, ""]
-    for where, title in (("test", "Held-out test split (in distribution)"), ("ood", "Out of distribution")):
-        lines += [f"**{title}** (mean +- std over seeds; HD95 in mm)", ""]
-        lines += ["| arm | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    tables = [("test", "Held-out test split (in distribution)")]
+    if over == "folds":
+        tables = [("test", "Held-out test studies of each fold")]
+    elif all("ood_dice_wt" in row for row in rows):
+        tables.append(("ood", "Out of distribution"))
+    for where, title in tables:
+        lines += [f"**{title}** (mean +- std over {over}; HD95 in mm)", ""]
+        lines += [f"| arm | {over} | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for row in rows:
             cells = [_pm(row[f"{where}_{k}"], 1 if k.startswith("hd95") else 3) for k, _ in METRICS]
-            lines.append(f"| {row['arm']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row['arm']} | {len(_replicates(row))} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["**OOD / in-distribution and cost**", ""]
-    lines += ["| arm | params (M) | iterations | TC Dice ratio | edema Dice ratio | training wall (min) |"]
-    lines += ["|---|---|---|---|---|---|"]
+    timed = any(row[COSTS[0][0]][2] for row in rows)
+    costs = [(k, h) for k, h, _ in COSTS] if timed else []
+    ratios = over == "seeds" and all("ratio_dice_tc" in row for row in rows)
+    heads = ["params (M)", "iterations"] + (["TC Dice ratio", "edema Dice ratio"] if ratios else [])
+    heads += [h for _, h in costs] + ["training wall (min)"]
+    lines += ["**OOD / in-distribution and cost**" if ratios else "**Cost**", ""]
+    lines += ["| arm | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for row in rows:
         wall = row["train_wall_s"]
-        minutes = (wall[0] / 60, wall[1] / 60, wall[2])
-        lines.append(
-            f"| {row['arm']} | {row['parameters'] / 1e6:.2f} | {row['iterations']} | {_pm(row['ratio_dice_tc'], 2)} "
-            f"| {_pm(row['ratio_dice_edema'], 2)} | {_pm(minutes, 1)} |"
-        )
+        cells = [f"{row['parameters'] / 1e6:.2f}", str(row["iterations"])]
+        if ratios:
+            cells += [_pm(row["ratio_dice_tc"], 2), _pm(row["ratio_dice_edema"], 2)]
+        cells += [_pm(row[key], digits) for key, _, digits in COSTS if costs]
+        cells.append(_pm((wall[0] / 60, wall[1] / 60, wall[2]), 1))
+        lines.append(f"| {row['arm']} | " + " | ".join(cells) + " |")
     if any(len(row["ood_recipes"]) > 1 for row in rows):
         lines += ["", "**Out of distribution by recipe** (Dice; in brackets, as a fraction of the test split's)", ""]
         names = [h for _, h in RECIPE_METRICS]
@@ -546,21 +792,25 @@ def _runs_csv(results: Sequence[Mapping]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = [k for k, _ in METRICS]
-    header = ["arm", "seed", "parameters", "iterations", "train_wall_s", "score_wall_s"]
-    writer.writerow(header + [f"test_{k}" for k in keys] + [f"ood_{k}" for k in keys])
+    folds = any("fold" in r for r in results)
+    header = ["arm", *(["fold"] if folds else []), "seed", "parameters", "iterations", "train_wall_s", "score_wall_s"]
+    where = ["test"] if folds else ["test", "ood"]
+    costs = [k for k, _, _ in COSTS] + ["windows", "gflop_per_window"]
+    writer.writerow(header + [f"{w}_{k}" for w in where for k in keys] + costs)
     for r in results:
-        values = [r[k] for k in header] + [r["test"].get(k) for k in keys] + [r["ood"].get(k) for k in keys]
+        values = [r[k] for k in header] + [r[w].get(k) for w in where for k in keys]
+        values += [r.get("inference", {}).get(k) for k in costs]
         writer.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in values])
     return buffer.getvalue()
 
 
-def write_summary(output: Path, arms: Sequence[Arm], header: str) -> list[dict]:
-    """Collects every finished run of ``arms`` (any seed, from this or earlier invocations); writes
-    ``study_runs.csv``, ``study.json`` and ``study.md``."""
+def write_summary(output: Path, arms: Sequence[Arm], header: str, over: str = "seed") -> list[dict]:
+    """Collects every finished run of ``arms`` (any seed, or with ``over="fold"`` any fold, from this or earlier
+    invocations); writes ``study_runs.csv``, ``study.json`` and ``study.md``."""
     results = []
     for arm in arms:
-        paths = (output / "runs" / arm.name).glob(f"seed*/{RESULT_FILE}")
-        for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix("seed"))):
+        paths = (output / "runs" / arm.name).glob(f"{over}*/{RESULT_FILE}")
+        for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix(over))):
             results.append(json.loads(path.read_text(encoding="utf-8")))
     rows = summarise(results)
     files = {
@@ -583,47 +833,102 @@ def _finite_rows(value):
     return value
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def _synthetic_options(args: argparse.Namespace) -> list[str]:
+    """The synthetic-study options given on the command line (None when not given)."""
+    names = ("cases", "ood_cases", "shape", "contrast_jitter", "ood_recipes", "val_fraction", "test_fraction")
+    return [f"--{name}" for name in names if getattr(args, name) is not None]
+
+
+def _check_networks(arms: Sequence[Arm]) -> None:
+    """Each arm built by ``create_model`` names a registered network (before hours of other arms' training)."""
+    from refineformer3d.networks import list_models
+
+    for arm in arms:
+        name = arm.overrides.get("network_def#name")
+        if arm.overrides.get("network_def#_target_", "").endswith("create_model") and name not in list_models():
+            raise ValueError(f"arm {arm.name}: {name!r} is not a registered network; known: {list_models()}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refineformer3d.experiments.study",
-        description="Train and score several networks at an equal budget over several seeds, in and out of "
-        "distribution, through the bundle's own configs.",
+        description="Train and score several networks at an equal budget through the bundle's own configs: over "
+        "several seeds on synthetic studies, in and out of distribution, or over real cross-validation folds.",
     )
     parser.add_argument("--output", required=True, help="study folder (data, runs, tables); keep it out of git")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--folds",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="real data: one datalist JSON per fold (training, validation, testing); each fold takes a seed's place",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0 1 2; with --folds one training seed, default 0"
+    )
     parser.add_argument("--epochs", type=int, default=8, help="epochs; an epoch is one pass over the training split")
     parser.add_argument("--arms", nargs="+", default=[], metavar="FILE", help="JSON files of extra arms")
     parser.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these arms")
-    parser.add_argument("--cases", type=int, default=40, help="labelled in-distribution studies (all splits)")
-    parser.add_argument("--ood_cases", type=int, default=12, help="out-of-distribution test studies")
-    parser.add_argument("--shape", type=int, nargs=3, default=[120, 120, 78], metavar=("X", "Y", "Z"))
-    parser.add_argument("--roi_size", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
-    parser.add_argument("--pixdim", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("X", "Y", "Z"))
-    parser.add_argument("--contrast_jitter", type=float, default=0.0, help="randomise the training data's contrasts")
     parser.add_argument(
-        "--ood_recipes",
+        "--configs",
         nargs="+",
         default=[],
+        metavar="FILE",
+        help="overlays for every arm after train.json, relative to the repository, e.g. bundle/configs/regions.json",
+    )
+    synthetic = parser.add_argument_group("synthetic studies (not with --folds)")
+    synthetic.add_argument("--cases", type=int, help="labelled in-distribution studies, all splits (default 40)")
+    synthetic.add_argument("--ood_cases", type=int, help="out-of-distribution test studies (default 12)")
+    synthetic.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="default 120 120 78")
+    synthetic.add_argument("--contrast_jitter", type=float, help="randomise the training data's contrasts")
+    synthetic.add_argument(
+        "--ood_recipes",
+        nargs="+",
         metavar="RECIPE",
         help="further OOD sets to score (same seed), e.g. default shifted:contrast shifted:tumours; finished runs "
         "are scored on the ones they lack",
     )
-    parser.add_argument("--val_fraction", type=float, default=0.15)
-    parser.add_argument("--test_fraction", type=float, default=0.25)
+    synthetic.add_argument("--val_fraction", type=float, help="default 0.15")
+    synthetic.add_argument("--test_fraction", type=float, help="default 0.25")
+    parser.add_argument("--roi_size", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
+    parser.add_argument("--pixdim", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("X", "Y", "Z"))
     parser.add_argument(
         "--arm_seeds",
         nargs="+",
         default=[],
         metavar="NAME=S,S",
-        help="other seeds for an arm, e.g. segresnet=0 for a network too slow for all seeds",
+        help="other seeds (with --folds: folds, counted from 0) for an arm, e.g. segresnet=0 for a slow network",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument(
+        "--time_studies",
+        type=int,
+        default=None,
+        help="test studies per run timed through inference.json after training (default 1 with --folds, else 0)",
+    )
+    parser.add_argument("--time_threads", type=int, default=2, help="torch threads of the timing (runs one at a time)")
     parser.add_argument("--plan", action="store_true", help="print the runs still to do and exit")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further bundle --key value pairs")
     args = parser.parse_args(argv)
+    folds = tuple(path.expanduser().absolute() for path in args.folds)
+    over = "fold" if folds else "seed"
     try:
-        arms = list(DEFAULT_ARMS) + [arm for path in args.arms for arm in load_arms(path)]
+        if folds and _synthetic_options(args):
+            raise ValueError(f"{', '.join(_synthetic_options(args))}: synthetic-study options; a fold fixes the split")
+        if folds and args.seeds is not None and len(args.seeds) != 1:
+            raise ValueError(f"--seeds {args.seeds}: with --folds the folds are the replicates; give one seed")
+        seeds = args.seeds if args.seeds is not None else [0] if folds else [0, 1, 2]
+        arms = list(FOLD_ARMS if folds else DEFAULT_ARMS) + [arm for path in args.arms for arm in load_arms(path)]
         names = [arm.name for arm in arms]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -634,78 +939,131 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = arms
         if args.only:
             arms = [arm for arm in arms if arm.name in args.only]
+        missing = [c for c in args.configs if not (REPO / c).is_file()]
+        if missing:
+            raise ValueError(f"--configs {missing[0]}: no such file in {REPO}")
+        values = list(range(len(folds))) if folds else seeds
         arm_seeds = {}
         for item in args.arm_seeds:
-            name, _, values = item.partition("=")
-            if name not in names or not values:
+            name, _, given = item.partition("=")
+            if name not in names or not given:
                 raise ValueError(f"--arm_seeds {item!r}: expected NAME=S[,S...] with NAME one of {names}")
-            arm_seeds[name] = [int(v) for v in values.split(",")]
+            arm_seeds[name] = [int(v) for v in given.split(",")]
+            if folds and not set(arm_seeds[name]) <= set(values):
+                raise ValueError(f"--arm_seeds {item!r}: folds are numbered {values}")
         settings = Settings(
             output=Path(args.output).expanduser().absolute(),
             epochs=args.epochs,
             roi_size=tuple(args.roi_size),
             pixdim=tuple(args.pixdim),
-            cases=args.cases,
-            ood_cases=args.ood_cases,
-            shape=tuple(args.shape),
-            contrast_jitter=args.contrast_jitter,
-            ood_recipes=tuple(args.ood_recipes),
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
             threads=args.threads,
             extra=tuple(args.extra),
+            configs=tuple(args.configs),
+            folds=folds,
+            seed=seeds[0],
+            time_studies=args.time_studies if args.time_studies is not None else 1 if folds else 0,
+            time_threads=args.time_threads,
+            **{
+                key: value if not isinstance(value, list) else tuple(value)
+                for key in ("cases", "ood_cases", "shape", "contrast_jitter", "ood_recipes")
+                + ("val_fraction", "test_fraction")
+                if (value := getattr(args, key)) is not None
+            },
         )
-        from refineformer3d.data.synthetic import check_recipe
+        if folds:
+            fold_sizes = read_folds(folds)
+        else:
+            from refineformer3d.data.synthetic import check_recipe
 
-        for recipe in settings.ood_recipes:
-            check_recipe(recipe)
-        todo = plan(arms, args.seeds, settings.output, arm_seeds)
-        rescore = [
-            (arm, seed, run_dir)
-            for arm, seed, run_dir in plan(arms, args.seeds, settings.output, arm_seeds, finished=True)
-            if missing_ood(run_dir, settings)
-        ]
+            for recipe in settings.ood_recipes:
+                check_recipe(recipe)
+        todo = plan(arms, values, settings.output, arm_seeds, over=over)
+        finished = plan(arms, values, settings.output, arm_seeds, finished=True, over=over)
+        rescore = [(arm, seed, run_dir) for arm, seed, run_dir in finished if missing_ood(run_dir, settings)]
+        retime = [run for run in finished if settings.time_studies and untimed(run[2])]
         if args.plan:
-            for arm, seed, run_dir in todo:
-                print(f"{arm.name} seed {seed}: {run_dir}")
-            for arm, seed, run_dir in rescore:
-                print(f"{arm.name} seed {seed}: score {missing_ood(run_dir, settings)} in {run_dir}")
+            for arm, value, run_dir in todo:
+                print(f"{arm.name} {over} {value}: {run_dir}")
+            for arm, value, run_dir in rescore:
+                print(f"{arm.name} {over} {value}: score {missing_ood(run_dir, settings)} in {run_dir}")
+            for arm, value, run_dir in retime:
+                print(f"{arm.name} {over} {value}: time in {run_dir}")
             return 0
+        _check_networks({arm.name: arm for arm, _, _ in todo + retime}.values())
         settings.output.mkdir(parents=True, exist_ok=True)
-        in_path, ood_paths, sizes = prepare_data(settings)
+        if folds:
+            datalists = {k: (path, {}) for k, path in enumerate(folds)}
+            sizes = dict(enumerate(fold_sizes))
+        else:
+            in_path, ood_paths, study_sizes = prepare_data(settings)
+            datalists = dict.fromkeys(values, (in_path, ood_paths))
+            sizes = dict.fromkeys(values, study_sizes)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"studies per split: {sizes}; {len(todo)} runs to do, {len(rescore)} to score on more OOD sets", flush=True)
+    what = _count(len(folds), "fold") if folds else f"studies per split: {sizes[values[0]]}"
+    print(f"{what}; {len(todo)} runs to do, {len(rescore)} to score on more OOD sets", flush=True)
     failures = []
+    trained = []
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {
-            pool.submit(step, arm, seed, run_dir, settings, (in_path, ood_paths), sizes): (arm, seed)
+            pool.submit(step, arm, value, run_dir, settings, datalists[value], sizes[value]): (arm, value, run_dir)
             for step, runs in ((score_missing, rescore), (run_one, todo))
-            for arm, seed, run_dir in runs
+            for arm, value, run_dir in runs
         }
         for future in concurrent.futures.as_completed(futures):
-            arm, seed = futures[future]
+            arm, value, run_dir = futures[future]
             try:
                 result = future.result()
             except RuntimeError as error:
                 failures.append(str(error))
                 print(f"FAILED {error}", flush=True)
                 continue
-            print(
-                f"done {arm.name} seed {seed}: {result['train_wall_s'] / 60:.1f} min; test TC/edema Dice "
-                f"{result['test']['dice_tc']:.3f}/{result['test']['dice_edema']:.3f}, OOD "
-                f"{result['ood']['dice_tc']:.3f}/{result['ood']['dice_edema']:.3f}",
-                flush=True,
-            )
-    header = (
-        f"Studies: {sizes['training']} training, {sizes['validation']} validation (model selection), "
-        f"{sizes['testing']} test, {sizes['ood']} OOD ({settings.shape[0]}x{settings.shape[1]}x{settings.shape[2]} "
-        f"half-size synthetic studies); crop {settings.roi_size[0]}^3, {settings.epochs} epochs = "
-        f"{settings.epochs * sizes['training']} iterations per arm; command: "
-        f"`python -m refineformer3d.experiments.study {' '.join(sys.argv[1:] if argv is None else argv)}`"
-    )
-    write_summary(settings.output, known, header)
+            trained.append((arm, value, run_dir))
+            test = result["test"]
+            scores = "test WT/TC/ET Dice " + "/".join(_score(test[f"dice_{r}"]) for r in ("wt", "tc", "et"))
+            if "ood" in result:
+                scores += (
+                    f", OOD TC/edema Dice {_score(result['ood']['dice_tc'])}/{_score(result['ood']['dice_edema'])}"
+                )
+            print(f"done {arm.name} {over} {value}: {result['train_wall_s'] / 60:.1f} min; {scores}", flush=True)
+    # timed one at a time after every training, so that no run shares the CPU with another
+    timing = retime + [run for run in trained if settings.time_studies and untimed(run[2])]
+    for arm, value, run_dir in timing:
+        try:
+            result = time_run(arm, run_dir, settings, datalists[value][0])
+        except RuntimeError as error:
+            failures.append(str(error))
+            print(f"FAILED {error}", flush=True)
+            continue
+        cost = result["inference"]
+        print(
+            f"timed {arm.name} {over} {value}: {cost['study_s']:.1f} s per study ({cost['network_s']:.1f} s network, "
+            f"{cost['windows']:g} windows)",
+            flush=True,
+        )
+    command = f"`python -m refineformer3d.experiments.study {' '.join(sys.argv[1:] if argv is None else argv)}`"
+    if folds:
+        splits = ", ".join(
+            f"{path.name} {s['training']}/{s['validation']}/{s['testing']}"
+            for path, s in zip(folds, fold_sizes, strict=True)
+        )
+        header = (
+            f"Real studies, {_count(len(folds), 'fold')} (training/validation/test studies: {splits}); resampled to "
+            f"{'x'.join(f'{v:g}' for v in settings.pixdim)} mm, crop {'x'.join(map(str, settings.roi_size))}, "
+            f"{_count(settings.epochs, 'epoch')} (one iteration per training study each), seed {settings.seed}; time "
+            f"per study through inference.json at {_count(settings.time_threads, 'thread')} on the first "
+            f"{_count(settings.time_studies, 'test study', 'test studies')} of each fold; command: {command}"
+        )
+    else:
+        s = sizes[values[0]]
+        header = (
+            f"Studies: {s['training']} training, {s['validation']} validation (model selection), "
+            f"{s['testing']} test, {s['ood']} OOD ({settings.shape[0]}x{settings.shape[1]}x{settings.shape[2]} "
+            f"half-size synthetic studies); crop {settings.roi_size[0]}^3, {settings.epochs} epochs = "
+            f"{settings.epochs * s['training']} iterations per arm; command: {command}"
+        )
+    write_summary(settings.output, known, header, over)
     print(f"summary: {settings.output / 'study.md'}")
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)

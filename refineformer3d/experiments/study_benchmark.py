@@ -13,9 +13,10 @@ release) runs in its own fresh Python process, one after the other, at ``--threa
 * **per study**, with the config's own objects in the order its evaluator uses them (``preprocessing`` transform by
   transform, the batch collated, ``inferer`` on ``network``, the output decollated, ``postprocessing`` transform by
   transform), each stage timed: loading and resampling, N4, the crop and normalisation, the network, the
-  post-processing (activation, labels, inversion, lesion clean-up) and writing. The median over the studies is
-  reported, and the segmentations are the ones the bundle writes (the test compares them); each study's row is also
-  appended to ``stage_seconds.jsonl`` beside them as it finishes;
+  post-processing (activation, labels, inversion, lesion clean-up) and writing; with the shape of the network's input
+  and the windows the inferer ran on it. The median over the studies is reported, and the segmentations are the ones
+  the bundle writes (the test compares them); each study's row is also appended to ``stage_seconds.jsonl`` beside
+  them as it finishes;
 * **the bundle itself** (``--bundle_runs``): ``python -m monai.bundle run`` on one study and on all of them, each
   in a fresh process with the config's own ``num_workers``: the single study with its start-up as a user waits for
   it, and the marginal time of a study in a batch, ``(all - one) / (n - 1)``.
@@ -96,9 +97,13 @@ def measure_arm(
     from monai.data import decollate_batch, list_data_collate
     from monai.transforms import apply_transform
 
+    # the windows the inferer hands the network (a batch of sw_batch_size windows is one call), for FLOPs per study
+    windows: list[int] = []
+    network.register_forward_pre_hook(lambda module, args: windows.append(args[0].shape[0]))
     rows = []
     for item in datalist:
         seconds = dict.fromkeys(STAGES, 0.0)
+        windows.clear()
         data = dict(item)
         for transform in preprocessing:
             start = time.perf_counter()
@@ -118,7 +123,8 @@ def measure_arm(
                 start = time.perf_counter()
                 result = apply_transform(transform, result)
                 seconds[stage_of(transform, True)] += time.perf_counter() - start
-        rows.append({"study": str(item.get("case") or Path(str(item["image"][0])).parent.name), **seconds})
+        study = str(item.get("case") or Path(str(item["image"][0])).parent.name)
+        rows.append({"study": study, "shape": list(inputs.shape[2:]), "windows": sum(windows), **seconds})
         with open(Path(output_dir, "stage_seconds.jsonl"), "a") as log:  # kept when a long run is stopped
             log.write(json.dumps(rows[-1]) + "\n")
     start_up = {
