@@ -171,3 +171,26 @@ def test_bundle_builds_the_light_variants_by_name():
         parser["network_def#name"] = name  # as `--network_def#name NAME`
         net = parser.get_parsed_content("network_def")
         assert num_params(net) == num_params(create_model(name))
+
+
+def test_nano_exports_to_onnx(tmp_path):
+    # nano holds both ideas (axial attention, (2+1)-D kernels): the bundle's fast path must still export it
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    net = create_model("refineformer3d_nano", in_channels=4, out_channels=3).eval()
+    x = torch.randn(1, 4, 32, 64, 32)
+    path = tmp_path / "nano.onnx"
+    torch.onnx.export(
+        net, (x,), str(path), opset_version=17, dynamo=False, input_names=["image"], output_names=["logits"]
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), net(x), rtol=1e-3, atol=1e-4)
+
+
+def test_benchmark_and_summary_take_the_light_variants():
+    from refineformer3d.experiments.benchmark import default_models
+    from refineformer3d.experiments.summary import model_factories
+
+    assert set(LIGHT_VARIANTS) <= set(model_factories()) and set(LIGHT_VARIANTS) <= set(default_models())
