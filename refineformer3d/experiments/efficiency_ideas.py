@@ -51,6 +51,10 @@ ARMS = {
     "attention stage 1": {"token_mixers": None},
     "(2+1)D kernels": {"kernels": "2+1d"},
     "3-D kernels": {"kernels": "3d"},
+    # nano's widths against the ones it could have had (run these on refineformer3d_nano)
+    "16 channels at full resolution": {"refine_channels": (16, 8)},
+    "4 stem channels": {"refine_channels": (8, 4)},
+    "one block per stage": {"depths": (1, 1, 1, 1)},
     "every width of small": {
         "embed_dims": (32, 64, 128, 256),
         "num_heads": (1, 2, 4, 8),
