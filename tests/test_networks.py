@@ -30,6 +30,9 @@ TINY_SEGFORMER = dict(**TINY_ENCODER, decoder_channels=16)
 # parameter budgets (4 input channels, 3 classes) that the variants promise
 PARAM_BUDGETS = {
     "refineformer3d_tiny": (0, 1.0e6),
+    "refineformer3d_tiny_axial": (0, 1.0e6),
+    "refineformer3d_tiny_slices": (0, 1.0e6),
+    "refineformer3d_nano": (0, 0.45e6),  # a tenth of SegFormer3D
     "refineformer3d_small": (0, 3.0e6),
     "refineformer3d_base": (0, 4.51e6),
     "segformer3d": (4.51e6 * 0.99, 4.51e6 * 1.01),

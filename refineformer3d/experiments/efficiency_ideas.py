@@ -6,6 +6,7 @@ each arm's forwards is divided by the baseline's, so load that other processes p
 Usage: ``python -m refineformer3d.experiments.efficiency_ideas PART ...`` with PART one of::
 
     networks --rounds 5                   # params, GFLOP, forward-time ratios at 4 x 128^3
+    variants --rounds 5                   # whole networks against SegFormer3D: a window, a cropped study
     early-exit --studies 5                # windows skipped on the real-size synthetic studies
     tumour-windows --studies 12           # at most how many hold no tumour (labels)
     window-threads --rounds 5             # one window on 2 threads, or 2 windows at once
@@ -45,6 +46,15 @@ ARMS = {
     "wider decoder": {"decoder_channels": (24, 32, 48, 64)},
     "small's width at 1/4": {"embed_dims": (32, 32, 80, 128)},
     "small's widths at 1/4, 1/8": {"embed_dims": (32, 64, 80, 128)},
+    # issue 33's ideas on any variant, and back off on the variants built from them
+    "axial stage 1": {"token_mixers": ("axial", "attention", "attention", "attention")},
+    "attention stage 1": {"token_mixers": None},
+    "(2+1)D kernels": {"kernels": "2+1d"},
+    "3-D kernels": {"kernels": "3d"},
+    # nano's widths against the ones it could have had (run these on refineformer3d_nano)
+    "16 channels at full resolution": {"refine_channels": (16, 8)},
+    "4 stem channels": {"refine_channels": (8, 4)},
+    "one block per stage": {"depths": (1, 1, 1, 1)},
     "every width of small": {
         "embed_dims": (32, 64, 128, 256),
         "num_heads": (1, 2, 4, 8),
@@ -102,6 +112,67 @@ def networks(models: Sequence[str], roi: int, rounds: int, arms: Sequence[str] =
             lines.append(
                 f"| {model} | {arm} | {params / 1e6:.3f}M | {flops / 1e9:.2f} | {per_round:.2f} | {best:.2f} |"
             )
+    return "\n".join(lines)
+
+
+def variants(
+    models: Sequence[str],
+    reference: str,
+    roi: Sequence[int],
+    study: Sequence[int],
+    rounds: int,
+    sw_batch_sizes: Sequence[int] = (1, 2),
+) -> str:
+    """Whole registered networks against ``reference``, each forward interleaved with the others.
+
+    Three measures, each in its own interleaved rounds: one ``roi`` window (a forward at batch 1); the cropped study
+    ``study`` in one pass (``inference.json``'s ``one_pass``); and the same study through ``inference.json``'s
+    sliding window of ``roi`` windows, at each of ``sw_batch_sizes`` windows per batch, a network counted at its best
+    (the medians over rounds). Ratios are the median over rounds of network / reference in the same round.
+    """
+    from refineformer3d.experiments.benchmark import inferer_settings, sliding_window
+    from refineformer3d.experiments.summary import count_windows
+
+    settings = inferer_settings()
+    window, volume = torch.randn(1, 4, *roi), torch.randn(1, 4, *study)
+    windows = count_windows(volume.shape, roi, settings["overlap"])
+    inferers = {batch: sliding_window(roi, {**settings, "sw_batch_size": batch}) for batch in sw_batch_sizes}
+    names = [reference, *(m for m in models if m != reference)]
+    nets, stats = {}, {}
+    for name in names:
+        torch.manual_seed(0)
+        nets[name] = create_model(name, in_channels=4, out_channels=3).eval()
+        with torch.device("meta"):
+            meta = create_model(name, in_channels=4, out_channels=3).eval()
+        stats[name] = (sum(p.numel() for p in meta.parameters()), count_flops(meta, window.shape, device="meta")[0])
+    with torch.inference_mode():
+        per_window = interleaved_times({n: lambda net=nets[n]: net(window) for n in names}, rounds)
+        one_pass = interleaved_times({n: lambda net=nets[n]: net(volume) for n in names}, rounds)
+        calls = {(n, b): lambda net=nets[n], b=b: inferers[b](volume, net) for n in names for b in sw_batch_sizes}
+        swept = interleaved_times(calls, rounds)  # type: ignore[arg-type]
+    best = {n: min(sw_batch_sizes, key=lambda b, n=n: statistics.median(swept[(n, b)])) for n in names}
+    studies = {n: swept[(n, best[n])] for n in names}
+    window_ratio, pass_ratio, study_ratio = (ratios(t, reference) for t in (per_window, one_pass, studies))
+    size, window_size = "x".join(map(str, study)), "x".join(map(str, roi))
+    lines = [
+        f"{torch.get_num_threads()} threads; {rounds} interleaved rounds after a warm-up; window 4x{window_size}; "
+        f"study 4x{size} in one pass, and by the sliding window ({windows} windows, overlap {settings['overlap']}, "
+        f"{', '.join(map(str, sw_batch_sizes))} per batch, the best counted); times are medians, / {reference} the "
+        "median over rounds of the ratio in the same round",
+        "",
+        f"| network | params (M) | / {reference} | GFLOP per window | / {reference} | window (s) | / {reference} | "
+        f"one pass (s) | / {reference} | sliding window (s) | windows per batch | / {reference} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    params_ref, flops_ref = stats[reference]
+    for n in names:
+        params, flops = stats[n]
+        lines.append(
+            f"| {n} | {params / 1e6:.3f} | {params / params_ref:.3f} | {flops / 1e9:.2f} | {flops / flops_ref:.3f} | "
+            f"{statistics.median(per_window[n]):.3f} | {window_ratio[n][0]:.3f} | "
+            f"{statistics.median(one_pass[n]):.3f} | {pass_ratio[n][0]:.3f} | "
+            f"{statistics.median(studies[n]):.3f} | {best[n]} | {study_ratio[n][0]:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -440,6 +511,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     net.add_argument("--rounds", type=int, default=5)
     net.add_argument("--threads", type=int, default=2)
     net.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms besides the default")
+    va = sub.add_parser("variants")
+    va.add_argument(
+        "--models",
+        nargs="+",
+        default=[
+            "refineformer3d_tiny",
+            "refineformer3d_tiny_axial",
+            "refineformer3d_tiny_slices",
+            "refineformer3d_nano",
+        ],
+    )
+    va.add_argument("--reference", default="segformer3d")
+    va.add_argument("--roi", type=int, nargs=3, default=[128, 128, 128], metavar=("D", "H", "W"))
+    va.add_argument("--study", type=int, nargs=3, default=[160, 192, 160], metavar=("D", "H", "W"))
+    va.add_argument("--rounds", type=int, default=5)
+    va.add_argument("--threads", type=int, default=2)
     ee = sub.add_parser("early-exit")
     ee.add_argument("--studies", type=int, default=5)
     ee.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5])
@@ -474,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.part == "networks":
         torch.set_num_threads(args.threads)
         print(networks(args.models, args.roi, args.rounds, args.arms))
+    elif args.part == "variants":
+        torch.set_num_threads(args.threads)
+        print(variants(args.models, args.reference, args.roi, args.study, args.rounds))
     elif args.part == "early-exit":
         print(early_exit(args.studies, args.thresholds, crop=not args.no_crop))
     elif args.part == "budget":

@@ -9,6 +9,8 @@ Example:
 
 from refineformer3d.networks.base import MixTransformerSegNet3D
 from refineformer3d.networks.blocks import (
+    AxialAttention3D,
+    Conv2Plus1d,
     EfficientSelfAttention3D,
     GhostConv3d,
     GlobalFilter3D,
@@ -44,6 +46,8 @@ __all__ = [
     "LowRankLinear",
     "EfficientSelfAttention3D",
     "GlobalFilter3D",
+    "AxialAttention3D",
+    "Conv2Plus1d",
     "MixFFN3D",
     "MixTransformerBlock3D",
     "SegFormerHead3D",

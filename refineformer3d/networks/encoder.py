@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from refineformer3d.networks.blocks import (
+    KERNELS,
     PATCH_EMBED_TYPES,
     TOKEN_MIXERS,
     MixTransformerBlock3D,
@@ -40,8 +41,10 @@ class MixTransformerStage3D(nn.Module):
         drop: dropout after projections.
         attn_drop: dropout on attention weights.
         drop_path: stochastic-depth probability of each block, ``depth`` values.
-        token_mixer: ``"attention"`` or ``"fourier"``
+        token_mixer: ``"attention"``, ``"fourier"`` or ``"axial"``
             (see :class:`~refineformer3d.networks.blocks.MixTransformerBlock3D`).
+        kernels: ``"3d"`` or ``"2+1d"``: the patch embedding's and Mix-FFNs' convolutions
+            (see :class:`~refineformer3d.networks.blocks.Conv2Plus1d`).
 
     Raises:
         ValueError: if ``len(drop_path) != depth``.
@@ -65,12 +68,13 @@ class MixTransformerStage3D(nn.Module):
         attn_drop: float = 0.0,
         drop_path: Sequence[float] = (),
         token_mixer: str = "attention",
+        kernels: str = "3d",
     ) -> None:
         super().__init__()
         drop_path = list(drop_path) or [0.0] * depth
         if len(drop_path) != depth:
             raise ValueError(f"drop_path needs one value per block ({depth}), got {len(drop_path)}.")
-        self.patch_embed = OverlapPatchEmbed3D(in_channels, dim, patch_size, stride, patch_embed)
+        self.patch_embed = OverlapPatchEmbed3D(in_channels, dim, patch_size, stride, patch_embed, kernels)
         self.blocks = nn.ModuleList(
             [
                 MixTransformerBlock3D(
@@ -85,6 +89,7 @@ class MixTransformerStage3D(nn.Module):
                     attn_drop,
                     rate,
                     token_mixer=token_mixer,
+                    kernels=kernels,
                 )
                 for rate in drop_path
             ]
@@ -131,12 +136,16 @@ class MixVisionTransformer3D(nn.Module):
         drop_rate: dropout after projections.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth of the last block; rates grow linearly from 0 over all blocks.
-        token_mixers: per stage, ``"attention"`` (efficient self-attention) or ``"fourier"`` (a global filter,
-            :class:`~refineformer3d.networks.blocks.GlobalFilter3D`); ``None``: attention everywhere.
+        token_mixers: per stage, ``"attention"`` (efficient self-attention), ``"fourier"`` (a global filter,
+            :class:`~refineformer3d.networks.blocks.GlobalFilter3D`) or ``"axial"`` (attention along each axis in
+            turn, :class:`~refineformer3d.networks.blocks.AxialAttention3D`); ``None``: attention everywhere.
+        kernels: ``"3d"`` (``k x k x k`` convolutions) or ``"2+1d"``: every convolution of the patch embeddings and
+            Mix-FFNs as a 2-D kernel shared by all slices and a depthwise mixer across them
+            (:class:`~refineformer3d.networks.blocks.Conv2Plus1d`).
 
     Raises:
         ValueError: for per-stage lists of different lengths, heads that do not divide a width, strides larger
-            than kernels, or rates outside ``[0, 1)``.
+            than kernels, unknown mixers or kernels, or rates outside ``[0, 1)``.
 
     Example:
         >>> enc = MixVisionTransformer3D(in_channels=4)
@@ -162,6 +171,7 @@ class MixVisionTransformer3D(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         token_mixers: Sequence[str] | None = None,
+        kernels: str = "3d",
     ) -> None:
         super().__init__()
         num_stages = len(depths)
@@ -191,6 +201,8 @@ class MixVisionTransformer3D(nn.Module):
             raise ValueError(f"patch_embed must be one of {PATCH_EMBED_TYPES}, got {patch_embed!r}.")
         if any(mixer not in TOKEN_MIXERS for mixer in token_mixers):
             raise ValueError(f"token_mixers must each be one of {TOKEN_MIXERS}, got {list(token_mixers)}.")
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}.")
         if ffn_rank_ratio is not None and ffn_rank_ratio <= 0:
             raise ValueError(f"ffn_rank_ratio must be positive or None, got {ffn_rank_ratio}.")
         for name, rate in (
@@ -204,8 +216,9 @@ class MixVisionTransformer3D(nn.Module):
         self.in_channels = in_channels
         self.embed_dims = tuple(int(d) for d in embed_dims)
         self.reductions = tuple(math.prod(strides[: i + 1]) for i in range(num_stages))
-        # attention's key/value reduction also has to tile the stage grid exactly
-        self.spatial_divisor = math.lcm(*self.reductions, *(r * s for r, s in zip(self.reductions, sr_ratios)))
+        # attention's key/value reduction also has to tile the stage grid exactly (only where it reduces them)
+        reduced = [r * s for r, s, mixer in zip(self.reductions, sr_ratios, token_mixers) if mixer == "attention"]
+        self.spatial_divisor = math.lcm(*self.reductions, *reduced)
 
         # explicit device: the rates are Python floats even when the net is built under torch.device("meta")
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -230,6 +243,7 @@ class MixVisionTransformer3D(nn.Module):
                     attn_drop=attn_drop_rate,
                     drop_path=rates[first : first + depths[i]],
                     token_mixer=token_mixers[i],
+                    kernels=kernels,
                 )
             )
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
-from refineformer3d.networks.blocks import tokens_to_volume, volume_to_tokens
+from refineformer3d.networks.blocks import conv3d, tokens_to_volume, volume_to_tokens
 
 __all__ = [
     "SegFormerHead3D",
@@ -169,15 +169,21 @@ class GatedFusion3D(nn.Module):
         channels: width of both inputs and of the output.
         norm: norm of the refinement, a MONAI norm name or ``(name, kwargs)``.
         act: activation of the refinement, a MONAI activation name or ``(name, kwargs)``.
+        kernels: ``"3d"`` or ``"2+1d"``: the depthwise convolution whole or across slices
+            (:class:`~refineformer3d.networks.blocks.Conv2Plus1d`).
     """
 
     def __init__(
-        self, channels: int, norm: str | tuple = ("group", {"num_groups": 4}), act: str | tuple = "relu"
+        self,
+        channels: int,
+        norm: str | tuple = ("group", {"num_groups": 4}),
+        act: str | tuple = "relu",
+        kernels: str = "3d",
     ) -> None:
         super().__init__()
         self.gate = PointwiseConv3d(2 * channels, channels)
         self.refine = nn.Sequential(
-            nn.Conv3d(channels, channels, 3, padding=1, groups=channels, bias=False),
+            conv3d(channels, channels, 3, groups=channels, bias=False, kernels=kernels),
             get_norm_layer(norm, 3, channels),
             get_act_layer(act),
             PointwiseConv3d(channels, channels),
@@ -240,6 +246,8 @@ class RefineHead3D(nn.Module):
         act: activation of projections, stem, fusions and the full-resolution map.
         deep_supervision: build auxiliary classifiers and return them in training mode.
         deep_supr_num: number of auxiliary classifiers.
+        kernels: ``"3d"`` or ``"2+1d"``: the stem's and the fusions' convolutions whole or across slices
+            (:class:`~refineformer3d.networks.blocks.Conv2Plus1d`).
 
     Raises:
         ValueError: if the per-stage sequences disagree in length, the stem does not fit the first stage, or
@@ -260,6 +268,7 @@ class RefineHead3D(nn.Module):
         act: str | tuple = "relu",
         deep_supervision: bool = False,
         deep_supr_num: int = 3,
+        kernels: str = "3d",
     ) -> None:
         super().__init__()
         num_stages = len(in_channels)
@@ -284,14 +293,7 @@ class RefineHead3D(nn.Module):
         self.deep_supr_num = deep_supr_num if deep_supervision else 0
 
         self.stem = nn.Sequential(
-            nn.Conv3d(
-                image_channels,
-                stem_channels,
-                2 * stem_stride - 1,
-                stride=stem_stride,
-                padding=stem_stride - 1,
-                bias=False,
-            ),
+            conv3d(image_channels, stem_channels, 2 * stem_stride - 1, stem_stride, bias=False, kernels=kernels),
             get_norm_layer(norm, 3, stem_channels),
             get_act_layer(act),
         )
@@ -307,7 +309,7 @@ class RefineHead3D(nn.Module):
         self.ups = nn.ModuleList(
             [PatchExpandConvTranspose3d(channels[i + 1], channels[i], kernel_size=scales[i]) for i in top_down]
         )
-        self.fusions = nn.ModuleList([GatedFusion3D(channels[i], norm, act) for i in top_down])
+        self.fusions = nn.ModuleList([GatedFusion3D(channels[i], norm, act, kernels) for i in top_down])
         self.upsample = PatchExpandConvTranspose3d(
             stem_channels + image_channels * stem_stride**3, full_channels, kernel_size=stem_stride
         )

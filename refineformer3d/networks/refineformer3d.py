@@ -22,6 +22,9 @@ __all__ = [
     "RefineFormer3D",
     "REFINEFORMER3D_VARIANTS",
     "refineformer3d_tiny",
+    "refineformer3d_tiny_axial",
+    "refineformer3d_tiny_slices",
+    "refineformer3d_nano",
     "refineformer3d_small",
     "refineformer3d_base",
 ]
@@ -72,8 +75,12 @@ class RefineFormer3D(MixTransformerSegNet3D):
             trained with them has extra ``decode_head.aux_heads.*`` weights: build the inference network with
             ``deep_supervision=True`` too (eval mode still returns one tensor) or load with ``strict=False``.
         deep_supr_num: number of auxiliary classifiers (stem level, first stage, ...).
-        token_mixers: per encoder stage, ``"attention"`` or ``"fourier"`` (a GFNet-style global filter in place of
-            attention); ``None``: attention everywhere.
+        token_mixers: per encoder stage, ``"attention"``, ``"fourier"`` (a GFNet-style global filter in place of
+            attention) or ``"axial"`` (attention along D, then H, then W at full resolution); ``None``: attention
+            everywhere.
+        kernels: ``"3d"`` or ``"2+1d"``: every ``k x k x k`` convolution (patch embeddings, Mix-FFNs, stem, fusions)
+            as a 2-D ``k x k`` kernel shared by all axial slices and a depthwise ``k``-tap mixer across them
+            (:class:`~refineformer3d.networks.blocks.Conv2Plus1d`, R(2+1)D's factorisation).
 
     Raises:
         ValueError: for inconsistent arguments, and in ``forward`` for spatial dims that are not multiples of
@@ -112,6 +119,7 @@ class RefineFormer3D(MixTransformerSegNet3D):
         deep_supervision: bool = False,
         deep_supr_num: int = 3,
         token_mixers: Sequence[str] | None = None,
+        kernels: str = "3d",
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -131,6 +139,7 @@ class RefineFormer3D(MixTransformerSegNet3D):
             attn_drop_rate=attn_drop_rate,
             drop_path_rate=drop_path_rate,
             token_mixers=token_mixers,
+            kernels=kernels,
         )
         self.decode_head = RefineHead3D(
             in_channels=self.encoder.embed_dims,
@@ -145,6 +154,7 @@ class RefineFormer3D(MixTransformerSegNet3D):
             act=act,
             deep_supervision=deep_supervision,
             deep_supr_num=deep_supr_num,
+            kernels=kernels,
         )
         self.apply(self._init_weights)
         self.to(memory_format=torch.channels_last_3d)
@@ -173,6 +183,29 @@ REFINEFORMER3D_VARIANTS: dict[str, dict[str, Any]] = {
         decoder_channels=(16, 24, 32, 48),
         refine_channels=(16, 8),
     ),
+    "tiny_axial": dict(
+        embed_dims=(16, 32, 80, 128),
+        num_heads=(1, 2, 5, 8),
+        decoder_channels=(16, 24, 32, 48),
+        refine_channels=(16, 8),
+        token_mixers=("axial", "attention", "attention", "attention"),
+    ),
+    "tiny_slices": dict(
+        embed_dims=(16, 32, 80, 128),
+        num_heads=(1, 2, 5, 8),
+        decoder_channels=(16, 24, 32, 48),
+        refine_channels=(16, 8),
+        kernels="2+1d",
+    ),
+    "nano": dict(
+        embed_dims=(16, 32, 64, 96),
+        depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 4, 6),
+        decoder_channels=(16, 16, 24, 32),
+        refine_channels=(8, 8),
+        token_mixers=("axial", "attention", "attention", "attention"),
+        kernels="2+1d",
+    ),
     "small": dict(),
     "base": dict(
         embed_dims=(48, 96, 192, 288),
@@ -188,6 +221,24 @@ REFINEFORMER3D_VARIANTS: dict[str, dict[str, Any]] = {
 def refineformer3d_tiny(**overrides: Any) -> RefineFormer3D:
     """RefineFormer3D-T: halved widths for CPU deployment and quick experiments (<= 1.0M parameters)."""
     return build_variant(RefineFormer3D, REFINEFORMER3D_VARIANTS["tiny"], overrides)
+
+
+@register_model
+def refineformer3d_tiny_axial(**overrides: Any) -> RefineFormer3D:
+    """Tiny with axial attention in stage 1 (attention along D, then H, then W in place of spatial reduction)."""
+    return build_variant(RefineFormer3D, REFINEFORMER3D_VARIANTS["tiny_axial"], overrides)
+
+
+@register_model
+def refineformer3d_tiny_slices(**overrides: Any) -> RefineFormer3D:
+    """Tiny with every 3-D kernel as a 2-D kernel shared by the axial slices and a depthwise mixer across them."""
+    return build_variant(RefineFormer3D, REFINEFORMER3D_VARIANTS["tiny_slices"], overrides)
+
+
+@register_model
+def refineformer3d_nano(**overrides: Any) -> RefineFormer3D:
+    """RefineFormer3D-N: a tenth of SegFormer3D's parameters (<= 0.45M) for the CPU, from the ideas that paid."""
+    return build_variant(RefineFormer3D, REFINEFORMER3D_VARIANTS["nano"], overrides)
 
 
 @register_model
