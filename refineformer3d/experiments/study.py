@@ -860,8 +860,8 @@ def _check_networks(arms: Sequence[Arm]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refineformer3d.experiments.study",
-        description="Train and score several networks at an equal budget through the bundle's own configs: over "
-        "several seeds on synthetic studies, in and out of distribution, or over real cross-validation folds.",
+        description="Train and score networks at an equal budget through the bundle's configs, over seeds on "
+        "synthetic studies or over real cross-validation folds.",
     )
     parser.add_argument("--output", required=True, help="study folder (data, runs, tables); keep it out of git")
     parser.add_argument(
