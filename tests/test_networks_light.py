@@ -194,3 +194,24 @@ def test_benchmark_and_summary_take_the_light_variants():
     from refineformer3d.experiments.summary import model_factories
 
     assert set(LIGHT_VARIANTS) <= set(model_factories()) and set(LIGHT_VARIANTS) <= set(default_models())
+
+
+def test_variants_part_times_every_network_against_the_reference():
+    from refineformer3d.experiments.efficiency_ideas import variants
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        table = variants(["refineformer3d_nano"], "segformer3d", (32, 32, 32), (64, 32, 32), rounds=1)
+    finally:
+        torch.set_num_threads(previous)
+    rows = [
+        line.split(" | ")
+        for line in table.splitlines()
+        if line.startswith("| refineformer3d") or "| segformer3d" in line
+    ]
+    assert [r[0] for r in rows] == ["| segformer3d", "| refineformer3d_nano"]
+    reference, nano = rows
+    assert reference[2] == "1.000" and reference[-1] == "1.000 |"
+    assert float(nano[2]) < 0.1  # a tenth of SegFormer3D's parameters
+    assert "3 windows" in table  # 64 x 32 x 32 by 32^3 windows at overlap 0.5
