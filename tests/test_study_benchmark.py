@@ -90,3 +90,60 @@ def test_one_pass_runs_the_cropped_brain_in_one_forward_and_lands_on_the_input_g
     reference = nib.load(next(study.glob("*_t1ce.nii.gz")))
     assert seg.shape == reference.shape
     np.testing.assert_allclose(seg.affine, reference.affine, atol=1e-4)
+
+
+def test_network_mode_times_each_network_at_each_batching_and_keeps_the_best(tmp_path, tiny_brats, weights):
+    from refineformer3d.experiments.study_benchmark import format_network_markdown, network_benchmark
+    from refineformer3d.experiments.summary import count_flops
+
+    source = str(tiny_brats / "Brats17ValidationData")
+    keys = {k: v for k, v in FAST.items() if not k.startswith("network_def") and k != "sw_batch_size"}
+    report = network_benchmark(
+        source,
+        ["refineformer3d_tiny", "refineformer3d_nano"],
+        sw_batch_sizes=[1, 4],
+        studies=1,
+        threads=1,
+        checkpoints={"refineformer3d_tiny": weights},
+        overrides=keys,
+        matmul_sizes=[256],
+        matmul_repeats=1,
+        in_process=True,
+    )
+    peak = report["matmul_peak"]["gflops"]
+    for name, entry in report["networks"].items():
+        arms = entry["arms"]
+        assert set(arms) == {"1", "4"}
+        # batching changes how the windows are grouped, not how many there are
+        assert arms["1"]["windows"] == arms["4"]["windows"] >= 1
+        assert entry["network_s"] == min(arm["median"]["network"] for arm in arms.values())
+        assert arms[str(entry["best_sw_batch_size"])]["median"]["network"] == entry["network_s"]
+        with torch.device("meta"):
+            network = create_model(name, in_channels=4, out_channels=3).eval()
+        flops, _ = count_flops(network, (1, 4, 32, 32, 32), device="meta")  # attention counted
+        assert entry["gflop_window"] == pytest.approx(flops / 1e9)
+        assert entry["gflop_study"] == pytest.approx(entry["gflop_window"] * arms["1"]["windows"])
+        assert entry["limit_s"] == pytest.approx(entry["gflop_study"] / peak)
+        assert entry["network_ratio"] is None  # no SegFormer3D in this run
+    assert report["networks"]["refineformer3d_nano"]["params_m"] < report["networks"]["refineformer3d_tiny"]["params_m"]
+    markdown = format_network_markdown(report)
+    rows = {line.split(" | ")[0][2:]: line for line in markdown.splitlines() if line.startswith("| refineformer3d")}
+    assert set(rows) == {"refineformer3d_tiny", "refineformer3d_nano"}
+    # only the network timed with its random initial weights is marked
+    assert rows["refineformer3d_nano"].count(" *") == 1 and " *" not in rows["refineformer3d_tiny"]
+
+
+def test_network_mode_names_what_it_cannot_time(tmp_path, tiny_brats, weights):
+    from refineformer3d.experiments.benchmark import run
+    from refineformer3d.experiments.study_benchmark import network_overrides
+
+    assert network_overrides("segresnet")["network_def#_target_"] == "SegResNet"
+    assert network_overrides("refineformer3d_nano")["network_def#name"] == "refineformer3d_nano"
+    source = str(tiny_brats / "Brats17ValidationData")
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--study", source, "--models", "refineformer3d_huge"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        run(["--study", source, "--models", "refineformer3d_tiny", "--checkpoint", f"segformer3d={weights}"])
+    with pytest.raises(SystemExit):
+        run(["--study", source, "--models", "refineformer3d_tiny", "--checkpoint", "refineformer3d_tiny=missing.pt"])

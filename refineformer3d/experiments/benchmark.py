@@ -6,6 +6,8 @@ Usage::
     python -m refineformer3d.experiments.benchmark --no-references \
         --models refineformer3d_tiny refineformer3d_small segformer3d
     python -m refineformer3d.experiments.benchmark --study STUDIES --before_config OLD_inference.json  # per study
+    python -m refineformer3d.experiments.benchmark --study STUDIES --models refineformer3d_nano segformer3d \
+        --sw_batch_sizes 1 2 4   # each network per study through the bundle's inference, at its best batching
     python -m refineformer3d.experiments.benchmark --roi 32 32 32 --volume 64 64 48 --repeats 1 --volume_repeats 1 \
         --onnx
 
@@ -849,7 +851,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     study_benchmark.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.study:
-        return study_benchmark.run(args)
+        try:
+            return study_benchmark.run(args)
+        except ValueError as err:
+            parser.error(str(err))
     try:
         report = benchmark(
             models=args.models,

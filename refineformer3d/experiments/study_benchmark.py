@@ -20,6 +20,15 @@ release) runs in its own fresh Python process, one after the other, at ``--threa
 * **the bundle itself** (``--bundle_runs``): ``python -m monai.bundle run`` on one study and on all of them, each
   in a fresh process with the config's own ``num_workers``: the single study with its start-up as a user waits for
   it, and the marginal time of a study in a batch, ``(all - one) / (n - 1)``.
+
+**Networks through the same path** (``--models``): one arm per network and per ``--sw_batch_sizes`` windows per batch,
+each in its own fresh process with the bundle's ``inference.json`` and only the network (and its weights) swapped, as
+the study harness swaps it (:func:`refineformer3d.experiments.study.inference_overrides`; SegResNet and SegFormer 2-D
+by their arms' names). Per network: parameters, FLOPs of one window and of the windows the inferer ran per study,
+the network stage at each batching (median over the studies) and the best, its achieved GFLOP/s beside the
+machine's measured fp32 matmul peak and the physical limit FLOPs / peak, and the whole study at the best batching.
+A network without ``--checkpoint NAME=PATH`` runs with its random initial weights: the network stage does not depend
+on them, the post-processing (lesion clean-up) does, so its study total is marked.
 """
 
 from __future__ import annotations
@@ -36,7 +45,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "stage_of", "measure_arm", "bundle_wall", "study_benchmark", "format_markdown", "run"]
+__all__ = [
+    "STAGES",
+    "stage_of",
+    "measure_arm",
+    "bundle_wall",
+    "study_benchmark",
+    "format_markdown",
+    "network_benchmark",
+    "format_network_markdown",
+    "run",
+]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 STAGES = ("load and resample", "N4", "crop and normalise", "network", "post-processing", "writing")
@@ -189,6 +208,30 @@ def _subset(source: str, studies: int, folder: Path) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
+def _with_medians(result: dict[str, Any], config: str) -> dict[str, Any]:
+    result["config"] = config
+    result["median"] = {s: statistics.median(r[s] for r in result["studies"]) for s in STAGES}
+    result["median"]["study"] = statistics.median(sum(r[s] for s in STAGES) for r in result["studies"])
+    return result
+
+
+def _measure_in_process(
+    config: str, source: str, output_dir: str, studies: int, threads: int, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """:func:`measure_arm` in a fresh Python process (its start-up is the user's), with the medians over studies."""
+    launched = time.time()
+    out = subprocess.run(
+        [sys.executable, "-m", __name__, "--_arm", config, "--_source", source, "--studies", str(studies)]
+        + ["--threads", str(threads), "--_output", output_dir, "--_launched", str(launched)]
+        + ["--_overrides", json.dumps(overrides or {})],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)),
+    )
+    return _with_medians(json.loads(out.stdout.strip().splitlines()[-1]), config)
+
+
 def study_benchmark(
     source: str,
     studies: int = 3,
@@ -215,20 +258,7 @@ def study_benchmark(
         one, everything = _subset(source, studies, folder)
         for arm, config in arms.items():
             written = Path(segmentation_dir, arm) if segmentation_dir else folder / arm / "stages"
-            launched = time.time()
-            out = subprocess.run(
-                [sys.executable, "-m", __name__, "--_arm", config, "--_source", everything, "--studies", str(studies)]
-                + ["--threads", str(threads), "--_output", str(written.absolute()), "--_launched", str(launched)]
-                + ["--_overrides", json.dumps(overrides or {})],
-                check=True,
-                capture_output=True,
-                text=True,
-                env=dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)),
-            )
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            result["config"] = config
-            result["median"] = {s: statistics.median(r[s] for r in result["studies"]) for s in STAGES}
-            result["median"]["study"] = statistics.median(sum(r[s] for s in STAGES) for r in result["studies"])
+            result = _measure_in_process(config, everything, str(written.absolute()), studies, threads, overrides)
             if bundle_runs:
                 wall_one = bundle_wall(config, one, str(folder / arm / "one"), threads, overrides)
                 wall_all = bundle_wall(config, everything, str(folder / arm / "all"), threads, overrides)
@@ -240,6 +270,189 @@ def study_benchmark(
                 }
             report["arms"][arm] = result
     return report
+
+
+def network_overrides(name: str, overlays: Sequence[str] = ()) -> dict[str, Any]:
+    """``inference.json`` keys that swap in network ``name``, as the study harness swaps it for timing its runs.
+
+    ``name`` is an arm of the study harness (``segresnet``, ``segformer2d_b0``, ...) or a registered network.
+
+    Raises:
+        ValueError: for a name that is neither, listing the known ones.
+    """
+    from types import SimpleNamespace
+
+    from refineformer3d.experiments import study
+    from refineformer3d.networks import is_model, list_models
+
+    arms = {arm.name: arm for arm in (*study.DEFAULT_ARMS, *study.FOLD_ARMS)}
+    if name in arms:
+        arm = arms[name]
+    elif is_model(name):
+        swap = {"network_def#_target_": "refineformer3d.networks.create_model", "network_def#name": name}
+        arm = study.Arm(name, swap)
+    else:
+        known = sorted(set(arms) | set(list_models()))
+        raise ValueError(f"--models {name}: not a registered network or study arm ({', '.join(known)})")
+    inference = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
+    settings = SimpleNamespace(
+        configs=tuple(overlays), roi_size=tuple(inference["roi_size"]), pixdim=tuple(inference["pixdim"]), extra=()
+    )
+    overrides = study.inference_overrides(arm, settings, Path("unused"))
+    del overrides["ckpt_path"]
+    return overrides
+
+
+def _network_facts(overrides: dict[str, Any], weights: Path | None) -> dict[str, Any]:
+    """Parameters and FLOPs of one window of the network ``overrides`` configure; saves its initial weights to
+    ``weights`` when given (for a network timed without a checkpoint)."""
+    from monai.bundle import ConfigParser
+
+    from refineformer3d.experiments.summary import network_flops
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(CONFIGS.parent), "device": "$torch.device('cpu')", **overrides})
+    network = parser.get_parsed_content("network_def").eval()
+    if weights is not None:
+        import torch
+
+        torch.save(network.state_dict(), weights)
+    roi = [int(v) for v in parser.get_parsed_content("roi_size")]
+    shape = (1, int(parser.get_parsed_content("network_def#in_channels")), *roi)
+    # counted on the meta device, where attention decomposes into counted products (the CPU's fused kernel would not)
+    cpu_flops, flops = network_flops(lambda: parser.get_parsed_content("network_def", lazy=False), shape, cpu=False)
+    params = sum(p.numel() for p in network.parameters())
+    return {"params_m": params / 1e6, "gflop_window": (flops or cpu_flops or 0.0) / 1e9, "roi": roi}
+
+
+def network_benchmark(
+    source: str,
+    models: Sequence[str],
+    sw_batch_sizes: Sequence[int] = (1, 2),
+    studies: int = 3,
+    threads: int = 2,
+    overlays: Sequence[str] = (),
+    checkpoints: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    matmul_sizes: Sequence[int] = (2048, 4096),
+    matmul_repeats: int = 5,
+    in_process: bool = False,
+) -> dict[str, Any]:
+    """Each network through the bundle's inference at each windows-per-batch (see the module's notes); the report.
+
+    ``overrides`` apply to every arm after the network's own keys; ``in_process`` measures in this process (tests),
+    not in a fresh one per arm.
+
+    Raises:
+        ValueError: for an unknown network, or a checkpoint of a network not measured or not a file.
+    """
+    import torch
+
+    from refineformer3d.experiments.benchmark import machine_facts, matmul_peak
+
+    checkpoints = dict(checkpoints or {})
+    for name, path in checkpoints.items():
+        if name not in models:
+            raise ValueError(f"--checkpoint {name}={path}: {name} is not among --models")
+        if not Path(path).is_file():
+            raise ValueError(f"--checkpoint {name}={path}: no such file")
+    swaps = {name: network_overrides(name, overlays) for name in models}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        peak = matmul_peak(matmul_sizes, matmul_repeats)
+    finally:
+        torch.set_num_threads(previous)
+    report: dict[str, Any] = {
+        "machine": machine_facts(threads),
+        "matmul_peak": peak,
+        "source": source,
+        "sw_batch_sizes": list(sw_batch_sizes),
+        "overlays": list(overlays),
+        "networks": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        _, everything = _subset(source, studies, folder)
+        for name in models:
+            weights = None if name in checkpoints else folder / f"{name}-initial.pt"
+            keys = {**swaps[name], **(overrides or {})}
+            entry = _network_facts(keys, weights)
+            entry["checkpoint"] = checkpoints.get(name)
+            entry["arms"] = {}
+            for batch in sw_batch_sizes:
+                arm_keys = {**keys, "sw_batch_size": batch, "ckpt_path": str(checkpoints.get(name, weights))}
+                written = str((folder / name / str(batch)).absolute())
+                if in_process:
+                    result = _with_medians(
+                        measure_arm(CONFIGS / "inference.json", everything, written, studies, threads, arm_keys),
+                        str(CONFIGS / "inference.json"),
+                    )
+                    torch.set_num_threads(previous)
+                else:
+                    result = _measure_in_process(
+                        str(CONFIGS / "inference.json"), everything, written, studies, threads, arm_keys
+                    )
+                result["windows"] = statistics.median(r["windows"] for r in result["studies"])
+                entry["arms"][str(batch)] = result
+            best = min(entry["arms"], key=lambda b: entry["arms"][b]["median"]["network"])
+            entry["best_sw_batch_size"] = int(best)
+            network_s = entry["arms"][best]["median"]["network"]
+            entry["network_s"] = network_s
+            entry["study_s"] = entry["arms"][best]["median"]["study"]
+            entry["gflop_study"] = entry["gflop_window"] * entry["arms"][best]["windows"]
+            entry["gflops"] = entry["gflop_study"] / network_s if network_s else None
+            entry["of_peak"] = entry["gflops"] / peak["gflops"] if entry["gflops"] else None
+            entry["limit_s"] = entry["gflop_study"] / peak["gflops"]
+            report["networks"][name] = entry
+    reference = report["networks"].get("segformer3d")
+    for entry in report["networks"].values():
+        entry["network_ratio"] = entry["network_s"] / reference["network_s"] if reference else None
+        entry["study_ratio"] = entry["study_s"] / reference["study_s"] if reference else None
+    return report
+
+
+def format_network_markdown(report: dict[str, Any]) -> str:
+    """The network mode's table: one row per network at its best batching, with the times at each batching."""
+    machine, peak, batches = report["machine"], report["matmul_peak"], report["sw_batch_sizes"]
+    header = ["network", "params (M)", "GFLOP per window", "windows", "GFLOP per study"]
+    header += [f"network, {b} per batch (s)" for b in batches]
+    header += ["network, best (s)", "/ SegFormer3D", "GFLOP/s", "of peak", "limit FLOPs/peak (s)", "study (s)"]
+    header += ["study / SegFormer3D"]
+    lines = [
+        f"{machine['date']}; {machine['cpu']} ({machine['logical_cpus']} logical CPUs); threads: "
+        f"{machine['threads']}; torch {machine['torch']}; {machine['platform']}. Measured fp32 matmul peak: "
+        f"{peak['gflops']:.1f} GFLOP/s (torch.mm of {peak['size']}^2 matrices).",
+        "",
+        f"Studies: the first {len(next(iter(report['networks'].values()))['arms'][str(batches[0])]['studies'])} of "
+        f"`{report['source']}`, through the bundle's `inference.json` with the network swapped"
+        + (f" (overlays: {', '.join(f'`{o}`' for o in report['overlays'])})" if report["overlays"] else "")
+        + "; each network and batching in a fresh process; medians over the studies.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
+    random = False
+    for name, e in report["networks"].items():
+        windows = e["arms"][str(e["best_sw_batch_size"])]["windows"]
+        cells = [f"{e['params_m']:.3f}", f"{e['gflop_window']:.2f}", f"{windows:g}", f"{e['gflop_study']:.1f}"]
+        cells += [_fmt(e["arms"][str(b)]["median"]["network"]) for b in batches]
+        cells.append(f"{e['network_s']:.2f} ({e['best_sw_batch_size']})")
+        cells.append(_fmt(e["network_ratio"]))
+        cells += [f"{e['gflops']:.1f}" if e["gflops"] else "", f"{e['of_peak']:.0%}" if e["of_peak"] else ""]
+        cells += [_fmt(e["limit_s"]), _fmt(e["study_s"]) + ("" if e["checkpoint"] else " *"), _fmt(e["study_ratio"])]
+        random = random or not e["checkpoint"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The network stage is the inferer's call on the cropped brain (all its windows); GFLOP per study counts those "
+        "windows (attention included, norms and activations not); the limit is that work at the matmul peak. The "
+        "study is the sum of the stages (loading, N4, crop, network, post-processing, writing) at the best batching.",
+    ]
+    if random:
+        lines.append("\\* random initial weights: the post-processing, and so the study, may differ with trained ones.")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value: float | None) -> str:
@@ -302,6 +515,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="config overrides for both arms, e.g. ckpt_path=fold0/model.pt (VALUE as JSON where it parses)",
     )
     parser.add_argument("--segmentation_dir", help="keep each arm's segmentations in SEGMENTATION_DIR/<arm>")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="with --models: the weights a network is timed with (default: its random initial weights)",
+    )
+    parser.add_argument(
+        "--overlay",
+        nargs="+",
+        default=[],
+        metavar="CONFIG",
+        help="with --models: overlays every network's run takes, as the study's --configs (e.g. regions.json)",
+    )
 
 
 def _override(item: str) -> tuple[str, Any]:
@@ -316,6 +543,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measures ``args.study``, prints the Markdown and writes ``args.output``'s files; returns the report."""
     from refineformer3d.experiments.benchmark import write_tables
 
+    if args.models:
+        checkpoints = dict(item.partition("=")[::2] for item in args.checkpoint)
+        report = network_benchmark(
+            args.study,
+            args.models,
+            sw_batch_sizes=args.sw_batch_sizes,
+            studies=args.studies,
+            threads=args.threads or 2,
+            overlays=args.overlay,
+            checkpoints=checkpoints,
+            overrides=dict(_override(item) for item in args.set),
+            matmul_sizes=args.matmul_sizes,
+            matmul_repeats=args.matmul_repeats,
+        )
+        markdown = format_network_markdown(report)
+        print(markdown)
+        if args.output:
+            write_tables(Path(args.output), "network_benchmark", markdown, report)
+        return report
     report = study_benchmark(
         args.study,
         studies=args.studies,
