@@ -218,3 +218,42 @@ def test_two_tiny_folds_end_to_end_timed_and_resumed(tmp_path, folds, capsys):
     assert study.main(arguments) == 0
     out = capsys.readouterr().out
     assert "2 folds; 0 runs to do" in out and "timed" not in out
+
+
+def _brats_document(folder, scores):
+    (folder / "test").mkdir(parents=True)
+    cases = [{"case": c, **{f"global_dsc_{r}": v for r, v in regions.items()}} for c, regions in scores.items()]
+    (folder / "test" / "brats_testing.json").write_text(json.dumps({"cases": cases}))
+
+
+def test_paired_differences_pair_each_held_out_case_with_itself(tmp_path):
+    # arm b is a: 0.05 lower on every case for WT (a constant difference has no spread), mixed for TC
+    a = {f"c{i}": {"wt": 0.8 + 0.01 * i, "tc": 0.6 + 0.02 * i, "et": 0.5} for i in range(6)}
+    b = {
+        c: {"wt": s["wt"] - 0.05, "tc": s["tc"] + (0.1 if i % 2 else -0.1), "et": 0.6}
+        for i, (c, s) in enumerate(a.items())
+    }
+    b["c5"]["et"] = math.nan  # no ET Dice for this case: dropped from ET only
+    b["extra"] = {"wt": 1.0, "tc": 1.0, "et": 1.0}  # scored by one arm only: never paired
+    for arm, scores in (("a", a), ("b", b)):
+        _brats_document(tmp_path / arm / "fold0", dict(list(scores.items())[:3]))
+        _brats_document(tmp_path / arm / "fold1", dict(list(scores.items())[3:]))
+    cases = {arm: study._case_scores(sorted((tmp_path / arm).glob("fold*"))) for arm in ("a", "b")}
+    assert cases["a"] == a  # JSON keeps the floats exactly
+    assert cases["b"]["c5"]["et"] is None and "extra" in cases["b"]
+
+    paired = study.paired_differences(cases, resamples=2000)
+    assert paired["wt"]["best"] == "a" and paired["wt"]["cases"] == 6
+    wt = paired["wt"]["arms"]["b"]
+    assert (
+        wt["mean"] == pytest.approx(-0.05) and wt["low"] == pytest.approx(-0.05) and wt["high"] == pytest.approx(-0.05)
+    )
+    assert paired["wt"]["arms"]["a"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    tc = paired["tc"]["arms"][next(a for a in ("a", "b") if a != paired["tc"]["best"])]
+    assert tc["low"] < tc["mean"] < tc["high"] and tc["low"] < 0
+    assert paired["et"]["best"] == "b" and paired["et"]["cases"] == 5
+    assert paired["et"]["arms"]["a"]["mean"] == pytest.approx(-0.1)
+
+    table = study.paired_markdown(paired)
+    assert "cases: WT 6, TC 6, ET 5" in table
+    assert "| b | -5.0 [-5.0, -5.0] |" in table and "| a | best |" in table

@@ -788,6 +788,86 @@ def markdown(rows: Sequence[Mapping], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+REGIONS = ("wt", "tc", "et")
+
+
+def paired_differences(
+    cases: Mapping[str, Mapping[str, Mapping[str, float | None]]], resamples: int = 10000, seed: int = 0
+) -> dict[str, dict]:
+    """Each arm against the best arm of each region, paired over the cases every arm scored.
+
+    With a few folds the mean over folds hides how far apart two networks are on the same cases; pairing each case
+    with itself takes the cases' own spread out. Per region, the best arm is the one with the highest mean Dice over
+    the common cases; every arm's per-case difference to it is summarised by its mean and a percentile bootstrap
+    interval (95 %, ``resamples`` draws of the cases, ``seed``).
+
+    Args:
+        cases: ``{arm: {case: {"wt": dice, "tc": ..., "et": ...}}}``; a missing or NaN Dice drops that case from the
+            region.
+
+    Returns:
+        ``{region: {"best": arm, "cases": n, "arms": {arm: {"mean": d, "low": lo, "high": hi}}}}``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arms = list(cases)
+    out: dict[str, dict] = {}
+    for region in REGIONS:
+        common = sorted(set.intersection(*(set(cases[a]) for a in arms))) if arms else []
+        common = [c for c in common if all(_finite(cases[a][c].get(region)) is not None for a in arms)]
+        if not common:
+            continue
+        table = np.array([[cases[a][c][region] for c in common] for a in arms], dtype=float)
+        best = int(np.argmax(table.mean(axis=1)))
+        draws = rng.integers(0, len(common), size=(resamples, len(common)))
+        rows = {}
+        for i, arm in enumerate(arms):
+            difference = table[i] - table[best]
+            means = difference[draws].mean(axis=1)
+            low, high = np.percentile(means, [2.5, 97.5])
+            rows[arm] = {"mean": float(difference.mean()), "low": float(low), "high": float(high)}
+        out[region] = {"best": arms[best], "cases": len(common), "arms": rows}
+    return out
+
+
+def _case_scores(run_dirs: Sequence[Path]) -> dict[str, dict[str, float | None]]:
+    """Per-case global Dice of the held-out cases of ``run_dirs`` (their ``test/brats_testing.json``)."""
+    scores: dict[str, dict[str, float | None]] = {}
+    for run_dir in run_dirs:
+        path = run_dir / "test" / "brats_testing.json"
+        if path.is_file():
+            for case in json.loads(path.read_text(encoding="utf-8"))["cases"]:
+                scores[case["case"]] = {r: _finite(case.get(f"global_dsc_{r}")) for r in REGIONS}
+    return scores
+
+
+def paired_markdown(paired: Mapping[str, Mapping]) -> str:
+    """The paired table: each arm's mean per-case Dice difference to the region's best arm, in points, with its
+    95 % interval."""
+    regions = [r for r in REGIONS if r in paired]
+    if not regions:
+        return ""
+    counts = ", ".join(f"{r.upper()} {paired[r]['cases']}" for r in regions)
+    lines = [
+        f"**Paired over the held-out cases** (Dice points against the region's best arm, mean over cases with a 95 % "
+        f"bootstrap interval; cases: {counts})",
+        "",
+        "| arm | " + " | ".join(f"{r.upper()} - best" for r in regions) + " |",
+        "|---|" + "---|" * len(regions),
+    ]
+    for arm in paired[regions[0]]["arms"]:
+        cells = []
+        for r in regions:
+            if arm == paired[r]["best"]:
+                cells.append("best")
+                continue
+            d = paired[r]["arms"][arm]
+            cells.append(f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _runs_csv(results: Sequence[Mapping]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -806,18 +886,27 @@ def _runs_csv(results: Sequence[Mapping]) -> str:
 
 def write_summary(output: Path, arms: Sequence[Arm], header: str, over: str = "seed") -> list[dict]:
     """Collects every finished run of ``arms`` (any seed, or with ``over="fold"`` any fold, from this or earlier
-    invocations); writes ``study_runs.csv``, ``study.json`` and ``study.md``."""
+    invocations); writes ``study_runs.csv``, ``study.json`` and ``study.md``, and over folds the paired comparison
+    of the held-out cases (:func:`paired_differences`) in ``study.md`` and ``study_paired.json``."""
     results = []
     for arm in arms:
         paths = (output / "runs" / arm.name).glob(f"{over}*/{RESULT_FILE}")
         for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix(over))):
             results.append(json.loads(path.read_text(encoding="utf-8")))
     rows = summarise(results)
-    files = {
-        "study_runs.csv": _runs_csv(results),
-        "study.json": json.dumps(_finite_rows(rows), indent=2) + "\n",
-        "study.md": markdown(rows, header),
-    }
+    summary = markdown(rows, header)
+    files = {"study_runs.csv": _runs_csv(results), "study.json": json.dumps(_finite_rows(rows), indent=2) + "\n"}
+    if over == "fold":
+        cases = {}
+        for arm in arms:
+            scores = _case_scores(sorted((output / "runs" / arm.name).glob("fold*")))
+            if scores:
+                cases[arm.name] = scores
+        paired = paired_differences(cases)
+        if paired:
+            summary += "\n" + paired_markdown(paired)
+            files["study_paired.json"] = json.dumps(paired, indent=2) + "\n"
+    files["study.md"] = summary
     for name, text in files.items():
         write_atomically(output / name, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
     return rows
