@@ -440,7 +440,7 @@ def format_network_markdown(report: dict[str, Any]) -> str:
         cells += [_fmt(e["arms"][str(b)]["median"]["network"]) for b in batches]
         cells.append(f"{e['network_s']:.2f} ({e['best_sw_batch_size']})")
         cells.append(_fmt(e["network_ratio"]))
-        cells += [f"{e['gflops']:.1f}" if e["gflops"] else "", f"{e['of_peak']:.0%}" if e["of_peak"] else ""]
+        cells += [f"{e['gflops']:.1f}" if e["gflops"] else "", f"{100 * e['of_peak']:.0f} %" if e["of_peak"] else ""]
         cells += [_fmt(e["limit_s"]), _fmt(e["study_s"]) + ("" if e["checkpoint"] else " *"), _fmt(e["study_ratio"])]
         random = random or not e["checkpoint"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
