@@ -147,3 +147,7 @@ def test_network_mode_names_what_it_cannot_time(tmp_path, tiny_brats, weights):
         run(["--study", source, "--models", "refineformer3d_tiny", "--checkpoint", f"segformer3d={weights}"])
     with pytest.raises(SystemExit):
         run(["--study", source, "--models", "refineformer3d_tiny", "--checkpoint", "refineformer3d_tiny=missing.pt"])
+    with pytest.raises(SystemExit):
+        run(["--study", source, "--models", "refineformer3d_tiny", "--checkpoint", weights])
+    with pytest.raises(SystemExit):
+        run(["--study", source, "--models", "refineformer3d_tiny", "--before_config", "old.json"])

@@ -544,6 +544,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from refineformer3d.experiments.benchmark import write_tables
 
     if args.models:
+        stage_only = [f"--{k}" for k in ("before_config", "after_config", "segmentation_dir") if getattr(args, k)]
+        if stage_only:
+            raise ValueError(f"{' and '.join(stage_only)}: compare two configs, not networks (leave out --models)")
+        malformed = [item for item in args.checkpoint if "=" not in item]
+        if malformed:
+            raise ValueError(f"--checkpoint {malformed[0]}: give NAME=PATH")
         checkpoints = dict(item.partition("=")[::2] for item in args.checkpoint)
         report = network_benchmark(
             args.study,
