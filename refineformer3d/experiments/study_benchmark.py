@@ -563,25 +563,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             matmul_sizes=args.matmul_sizes,
             matmul_repeats=args.matmul_repeats,
         )
-        markdown = format_network_markdown(report)
-        print(markdown)
-        if args.output:
-            write_tables(Path(args.output), "network_benchmark", markdown, report)
-        return report
-    report = study_benchmark(
-        args.study,
-        studies=args.studies,
-        threads=args.threads or 2,
-        before_config=args.before_config,
-        after_config=args.after_config,
-        bundle_runs=args.bundle_runs,
-        overrides=dict(_override(item) for item in args.set),
-        segmentation_dir=args.segmentation_dir,
-    )
-    markdown = format_markdown(report)
+        stem, markdown = "network_benchmark", format_network_markdown(report)
+    else:
+        report = study_benchmark(
+            args.study,
+            studies=args.studies,
+            threads=args.threads or 2,
+            before_config=args.before_config,
+            after_config=args.after_config,
+            bundle_runs=args.bundle_runs,
+            overrides=dict(_override(item) for item in args.set),
+            segmentation_dir=args.segmentation_dir,
+        )
+        stem, markdown = "study_benchmark", format_markdown(report)
     print(markdown)
     if args.output:
-        write_tables(Path(args.output), "study_benchmark", markdown, report)
+        write_tables(Path(args.output), stem, markdown, report)
     return report
 
 
