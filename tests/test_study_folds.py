@@ -254,6 +254,10 @@ def test_paired_differences_pair_each_held_out_case_with_itself(tmp_path):
     assert paired["et"]["best"] == "b" and paired["et"]["cases"] == 5
     assert paired["et"]["arms"]["a"]["mean"] == pytest.approx(-0.1)
 
+    single = study.paired_differences({arm: {"c0": cases[arm]["c0"]} for arm in cases})
+    assert single["wt"]["arms"]["b"] == {"mean": pytest.approx(-0.05), "low": None, "high": None}
+    assert "| b | -5.0 |" in study.paired_markdown(single)
+
     table = study.paired_markdown(paired)
     assert "cases: WT 6, TC 6, ET 5" in table
     assert "| b | -5.0 [-5.0, -5.0] |" in table and "| a | best |" in table

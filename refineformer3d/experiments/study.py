@@ -799,7 +799,8 @@ def paired_differences(
     With a few folds the mean over folds hides how far apart two networks are on the same cases; pairing each case
     with itself takes the cases' own spread out. Per region, the best arm is the one with the highest mean Dice over
     the common cases; every arm's per-case difference to it is summarised by its mean and a percentile bootstrap
-    interval (95 %, ``resamples`` draws of the cases, ``seed``).
+    interval (95 %, :func:`scipy.stats.bootstrap` with ``resamples`` draws of the cases, ``seed``; none for a single
+    case).
 
     Args:
         cases: ``{arm: {case: {"wt": dice, "tc": ..., "et": ...}}}``; a missing or NaN Dice drops that case from the
@@ -809,8 +810,8 @@ def paired_differences(
         ``{region: {"best": arm, "cases": n, "arms": {arm: {"mean": d, "low": lo, "high": hi}}}}``.
     """
     import numpy as np
+    from scipy.stats import bootstrap
 
-    rng = np.random.default_rng(seed)
     arms = list(cases)
     out: dict[str, dict] = {}
     for region in REGIONS:
@@ -820,13 +821,21 @@ def paired_differences(
             continue
         table = np.array([[cases[a][c][region] for c in common] for a in arms], dtype=float)
         best = int(np.argmax(table.mean(axis=1)))
-        draws = rng.integers(0, len(common), size=(resamples, len(common)))
         rows = {}
         for i, arm in enumerate(arms):
             difference = table[i] - table[best]
-            means = difference[draws].mean(axis=1)
-            low, high = np.percentile(means, [2.5, 97.5])
-            rows[arm] = {"mean": float(difference.mean()), "low": float(low), "high": float(high)}
+            mean = float(difference.mean())
+            if len(common) < 2:  # one case has no spread to resample
+                rows[arm] = {"mean": mean, "low": None, "high": None}
+                continue
+            interval = bootstrap(
+                (difference,),
+                np.mean,
+                n_resamples=resamples,
+                method="percentile",
+                random_state=np.random.default_rng(seed),
+            ).confidence_interval
+            rows[arm] = {"mean": mean, "low": float(interval.low), "high": float(interval.high)}
         out[region] = {"best": arms[best], "cases": len(common), "arms": rows}
     return out
 
@@ -863,7 +872,8 @@ def paired_markdown(paired: Mapping[str, Mapping]) -> str:
                 cells.append("best")
                 continue
             d = paired[r]["arms"][arm]
-            cells.append(f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+            interval = "" if d["low"] is None else f" [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+            cells.append(f"{100 * d['mean']:+.1f}{interval}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
