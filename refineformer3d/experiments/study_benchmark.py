@@ -321,9 +321,9 @@ def _network_facts(overrides: dict[str, Any], weights: Path | None) -> dict[str,
     roi = [int(v) for v in parser.get_parsed_content("roi_size")]
     shape = (1, int(parser.get_parsed_content("network_def#in_channels")), *roi)
     # counted on the meta device, where attention decomposes into counted products (the CPU's fused kernel would not)
-    cpu_flops, flops = network_flops(lambda: parser.get_parsed_content("network_def", lazy=False), shape, cpu=False)
+    _, flops = network_flops(lambda: parser.get_parsed_content("network_def", lazy=False), shape, cpu=False)
     params = sum(p.numel() for p in network.parameters())
-    return {"params_m": params / 1e6, "gflop_window": (flops or cpu_flops or 0.0) / 1e9, "roi": roi}
+    return {"params_m": params / 1e6, "gflop_window": (flops or 0.0) / 1e9, "roi": roi}
 
 
 def network_benchmark(
@@ -368,6 +368,7 @@ def network_benchmark(
         "machine": machine_facts(threads),
         "matmul_peak": peak,
         "source": source,
+        "studies": studies,
         "sw_batch_sizes": list(sw_batch_sizes),
         "overlays": list(overlays),
         "networks": {},
@@ -425,8 +426,8 @@ def format_network_markdown(report: dict[str, Any]) -> str:
         f"{machine['threads']}; torch {machine['torch']}; {machine['platform']}. Measured fp32 matmul peak: "
         f"{peak['gflops']:.1f} GFLOP/s (torch.mm of {peak['size']}^2 matrices).",
         "",
-        f"Studies: the first {len(next(iter(report['networks'].values()))['arms'][str(batches[0])]['studies'])} of "
-        f"`{report['source']}`, through the bundle's `inference.json` with the network swapped"
+        f"Studies: the first {report['studies']} of `{report['source']}`, through the bundle's `inference.json` "
+        "with the network swapped"
         + (f" (overlays: {', '.join(f'`{o}`' for o in report['overlays'])})" if report["overlays"] else "")
         + "; each network and batching in a fresh process; medians over the studies.",
         "",
